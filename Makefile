@@ -1,0 +1,55 @@
+# The two commands of the README: `make run` and `make test`. Everything installs into .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL_NAME ?= digits
+MODELS_DIR ?= models
+# Debian packages the test suite drives for real: Prometheus (promtool), docker-compose (config
+# validation), Chromium (the web page). Installed when missing and we may (root); CI=true makes a
+# missing one fail the tests instead of skipping them.
+SYSTEM_PACKAGES := prometheus docker-compose chromium
+
+.PHONY: run test install system-deps train lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing$$missing (tests that need them are skipped; CI=true fails them)"; \
+	  fi; \
+	fi
+
+train: install
+	$(PY) training/train.py --models-dir $(MODELS_DIR) --model-name $(MODEL_NAME)
+
+# Serve; train the default model first when the repository has no version of it yet.
+run: install
+	@ls $(MODELS_DIR)/$(MODEL_NAME)/*/metadata.json >/dev/null 2>&1 || $(MAKE) --no-print-directory train
+	$(PY) -m service --models-dir $(MODELS_DIR) --model-name $(MODEL_NAME)
+
+test: install system-deps
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs bench/results

@@ -1,0 +1,1 @@
+"""Training side of imgcls: data, architectures, conv arithmetic, export, reports."""
