@@ -97,15 +97,15 @@ def start_server(
         **{f"IMGCLS_{key.upper()}": value for key, value in settings.items()},
     )
     log_path = log_dir / f"server-{port}.log"
-    handle = log_path.open("w")
-    process = subprocess.Popen(
-        [PYTHON, "-m", "service"],
-        cwd=ROOT,
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    with log_path.open("w") as handle:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [PYTHON, "-m", "service"],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     path = "/readyz" if wait_ready else "/healthz"
@@ -156,3 +156,52 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
     yield factory
     for srv in started:
         stop_server(srv)
+
+
+def republish(models_dir: Path, source_version: int = 1, name: str = "digits") -> int:
+    """Publish a new version of ``name`` whose SavedModel is a copy of ``source_version``'s,
+    through the real publishing code (temp folder, checksums, metadata last, rename)."""
+    from training.export import publish
+    from training.metadata import read_metadata
+
+    source = models_dir / name / str(source_version)
+    meta = read_metadata(source)
+
+    def write(tmp: Path) -> list[str]:
+        for item in source.iterdir():
+            if item.name == "metadata.json":
+                continue
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name)
+            else:
+                shutil.copy2(item, tmp / item.name)
+        return list(meta.endpoints)
+
+    version, _ = publish(
+        models_dir=models_dir,
+        name=name,
+        write_artifacts=write,
+        input_spec=meta.input,
+        class_names=meta.class_names,
+        arch=meta.arch,
+        parameter_count=meta.parameter_count,
+        training={**meta.training, "republished_from": source_version},
+        data_fingerprint=meta.data_fingerprint,
+        metrics=meta.metrics,
+    )
+    return version
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of ``name`` in a Prometheus text exposition whose labels include
+    ``labels`` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(
+                sample.labels.get(k) == v for k, v in (labels or {}).items()
+            ):
+                total += sample.value
+    return total

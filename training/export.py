@@ -103,6 +103,9 @@ def publish(
     model_root = models_dir / name
     model_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=model_root))
+    # mkdtemp makes the folder owner-only; a published version must be readable by the server,
+    # which may run as another user (containers).
+    tmp.chmod(0o755)
     try:
         endpoints = write_artifacts(tmp)
         files = checksum_tree(tmp)

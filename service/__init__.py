@@ -1,0 +1,1 @@
+"""Image-classification HTTP service: FastAPI app, model store, dynamic batcher, metrics."""

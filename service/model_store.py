@@ -1,0 +1,288 @@
+"""The model store: finds, verifies, loads, warms up and hot-swaps published versions.
+
+It polls ``models/<name>/`` every ``poll_interval_s``. A newer complete version (metadata.json
+present, checksums matching, inside the repository) is loaded *beside* the serving one on a
+loader thread, warmed up at the batch sizes it will see, then swapped in with one reference
+assignment: batches already running finish on the old version. A version that fails is marked
+failed with its reason and the old one keeps serving; it is retried only if its files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from training.metadata import (
+    METADATA_FILE,
+    InvalidModelVersionError,
+    ModelMetadata,
+    list_versions,
+    verify_version_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVE_ENDPOINT = "serve"
+#: Exhaustive warm-up (every batch size) stops after this long; then only powers of two.
+WARMUP_BUDGET_S = 10.0
+
+State = Literal["serving", "available", "failed", "loading", "invalid"]
+
+
+@dataclass
+class LoadedModel:
+    """One SavedModel in memory with its metadata; ``predict`` is thread-safe."""
+
+    metadata: ModelMetadata
+    path: Path
+    module: Any  # the object tf.saved_model.load returned; keeps the variables alive
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the service resizes uploads to."""
+        return self.metadata.input.height, self.metadata.input.width
+
+    def has_endpoint(self, name: str) -> bool:
+        return hasattr(self.module, name)
+
+    def endpoint(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float32 pixels 0..255 -> (N, num_classes) float32 probabilities."""
+        import tensorflow as tf
+
+        return np.asarray(self.module.serve(tf.convert_to_tensor(images, dtype=tf.float32)))
+
+
+def load_saved_model(path: Path, metadata: ModelMetadata) -> LoadedModel:
+    """Load a verified version folder with ``tf.saved_model.load`` (no Keras code needed)."""
+    import tensorflow as tf
+
+    module = tf.saved_model.load(str(path))
+    if not hasattr(module, SERVE_ENDPOINT):
+        raise InvalidModelVersionError(f"the SavedModel has no {SERVE_ENDPOINT!r} endpoint")
+    return LoadedModel(metadata=metadata, path=path, module=module)
+
+
+def warm_up(model: LoadedModel, max_batch_size: int, budget_s: float = WARMUP_BUDGET_S) -> int:
+    """Run the model once per batch size it will see, so the first requests don't pay for
+    kernel selection and memory planning. Checks the output shape on the way. Returns calls."""
+    height, width = model.input_size
+    started = time.monotonic()
+    powers = {1 << i for i in range(max_batch_size.bit_length())} | {max_batch_size}
+    calls = 0
+    for size in range(1, max_batch_size + 1):
+        if time.monotonic() - started > budget_s and size not in powers:
+            continue
+        out = model.predict(np.zeros((size, height, width, 3), dtype=np.float32))
+        calls += 1
+        if out.shape != (size, model.metadata.num_classes):
+            raise InvalidModelVersionError(
+                f"serve returned shape {out.shape} for a batch of {size}; expected "
+                f"({size}, {model.metadata.num_classes}) from metadata.json"
+            )
+    return calls
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: State
+    reason: str | None = None
+
+
+class ModelStore:
+    """Owns the serving :class:`LoadedModel` and the states of every version on disk."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        repository_root: Path,
+        poll_interval_s: float,
+        max_batch_size: int,
+        on_swap: Callable[[LoadedModel], None] | None = None,
+        on_reload: Callable[[str], None] | None = None,
+        loader: Callable[[Path, ModelMetadata], LoadedModel] = load_saved_model,
+    ) -> None:
+        self.model_dir = model_dir
+        self.repository_root = repository_root
+        self.poll_interval_s = poll_interval_s
+        self.max_batch_size = max_batch_size
+        self._on_swap = on_swap
+        self._on_reload = on_reload
+        self._loader = loader
+        self._current: LoadedModel | None = None
+        # version -> (reason, fingerprint of the files when it failed)
+        self._failed: dict[int, tuple[str, tuple[int, int] | None]] = {}
+        self._loading: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.repository_problem: str | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    async def start(self) -> None:
+        """Start polling in the background; the first scan (and load) begins at once.
+
+        The server is up (``/healthz``) while the first version loads; ``/readyz`` says when
+        it is served.
+        """
+        self._task = asyncio.create_task(self._poll_forever(), name="model-store-poll")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:  # the poller must survive anything the disk throws at it
+                logger.exception("model repository scan failed; keeping the serving version")
+            await asyncio.sleep(self.poll_interval_s)
+
+    def _fingerprint(self, version: int) -> tuple[int, int] | None:
+        try:
+            stat = (self.model_dir / str(version) / METADATA_FILE).stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _scan(self) -> list[int]:
+        try:
+            if not self.model_dir.exists():
+                raise FileNotFoundError(f"{self.model_dir} does not exist")
+            versions = list_versions(self.model_dir)
+        except OSError as exc:
+            self._set_problem(f"cannot read the model repository: {exc}")
+            return []
+        self._set_problem(None)
+        return versions
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.repository_problem:
+            if problem:
+                logger.warning("%s; still serving %s", problem, self._describe_current())
+            else:
+                logger.info("model repository %s is readable", self.model_dir)
+        self.repository_problem = problem
+
+    def _describe_current(self) -> str:
+        return f"version {self._current.version}" if self._current else "nothing"
+
+    async def poll_once(self) -> LoadedModel | None:
+        """One scan: load and swap in the newest version that is newer than the serving one."""
+        async with self._lock:
+            versions = await asyncio.to_thread(self._scan)
+            floor = self._current.version if self._current else 0
+            for version in sorted((v for v in versions if v > floor), reverse=True):
+                fingerprint = self._fingerprint(version)
+                failed = self._failed.get(version)
+                if failed is not None and failed[1] == fingerprint:
+                    continue  # same files as when it failed: don't retry or recount
+                model = await self._try_load(version, fingerprint)
+                if model is not None:
+                    self._swap(model)
+                    break
+            return self._current
+
+    async def _try_load(
+        self, version: int, fingerprint: tuple[int, int] | None
+    ) -> LoadedModel | None:
+        path = self.model_dir / str(version)
+        self._loading = version
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(self._load_and_warm, path)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, InvalidModelVersionError) and fingerprint is None:
+                # No metadata.json yet: most likely still being copied in; not (yet) a failure.
+                logger.info("version %d is incomplete (%s); will look again", version, reason)
+                self._failed[version] = (reason, fingerprint)
+                return None
+            logger.warning("version %d failed to load: %s", version, reason)
+            self._failed[version] = (reason, fingerprint)
+            if self._on_reload:
+                self._on_reload("failure")
+            return None
+        finally:
+            self._loading = None
+        self._failed.pop(version, None)
+        logger.info(
+            "loaded and warmed up %s version %d in %.2f s",
+            model.name,
+            version,
+            time.monotonic() - started,
+        )
+        return model
+
+    def _load_and_warm(self, path: Path) -> LoadedModel:
+        metadata = verify_version_dir(path, repository_root=self.repository_root)
+        if metadata.name != self.model_dir.name:
+            raise InvalidModelVersionError(
+                f"metadata.json names model {metadata.name!r}, "
+                f"but it sits under {self.model_dir.name!r}"
+            )
+        model = self._loader(path, metadata)
+        warm_up(model, self.max_batch_size)
+        return model
+
+    def _swap(self, model: LoadedModel) -> None:
+        previous = self._current
+        self._current = model  # one reference assignment: in-flight batches keep the old object
+        if self._on_reload:
+            self._on_reload("success")
+        if self._on_swap:
+            self._on_swap(model)
+        logger.info(
+            "now serving %s version %d (was %s)",
+            model.name,
+            model.version,
+            previous.version if previous else "none",
+        )
+
+    def statuses(self) -> list[VersionStatus]:
+        """Every version folder on disk, newest first, with its state."""
+        try:
+            versions = list_versions(self.model_dir)
+        except OSError:
+            versions = []
+        serving = self._current.version if self._current else None
+        if serving is not None and serving not in versions:
+            versions.append(serving)
+        rows = []
+        for version in sorted(versions, reverse=True):
+            if version == serving:
+                rows.append(VersionStatus(version, "serving"))
+            elif version == self._loading:
+                rows.append(VersionStatus(version, "loading"))
+            elif version in self._failed:
+                rows.append(VersionStatus(version, "failed", self._failed[version][0]))
+            else:
+                rows.append(VersionStatus(version, "available"))
+        return rows

@@ -1,0 +1,97 @@
+"""The service's one settings object: defaults < ``IMGCLS_*`` environment variables < flags."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Units are in the names: ``_s`` seconds, ``_bytes`` bytes."""
+
+    model_config = SettingsConfigDict(env_prefix="IMGCLS_", env_file=None, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    log_level: str = "info"
+
+    models_dir: Path = Path("models")
+    model_name: str = Field(default="digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    poll_interval_s: float = Field(
+        default=2.0, gt=0, description="how often models/<name>/ is scanned"
+    )
+
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="images per model call")
+    batch_timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="extra wait for a fuller batch; 0: run as soon as idle",
+    )
+    max_queue_size: int = Field(
+        default=256, ge=1, description="images waiting for the model, then 503"
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="deadline per request, then 504"
+    )
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After header on 503")
+
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="per request body")
+    max_images_per_request: int = Field(default=16, ge=1, le=1024)
+    max_pixels: int = Field(default=40_000_000, ge=1, description="width*height, before decoding")
+    max_top_k: int = Field(default=100, ge=1)
+    decode_threads: int = Field(default=2, ge=1, le=64, description="threads decoding uploads")
+    tf_intra_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
+    tf_inter_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
+    explain_max_waiting: int = Field(
+        default=2, ge=0, le=64, description="explanations waiting behind the running one, then 503"
+    )
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="comma-separated; empty: no key needed"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve /metrics apart"
+    )
+    shutdown_grace_s: float = Field(default=20.0, gt=0, description="drain time on SIGTERM")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("poll_interval_s", "batch_timeout_s", "request_timeout_s", "shutdown_grace_s")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.max_queue_size < self.max_batch_size:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be >= "
+                f"max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+    @property
+    def model_dir(self) -> Path:
+        """``models/<name>/``, where the versions live."""
+        return self.models_dir / self.model_name
