@@ -1,0 +1,138 @@
+"""Prometheus configuration and alert rules: promtool validates them and runs their unit tests;
+the structure every alert needs (for, severity, summary/description/runbook) is checked here."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import (
+    ALERT_RULES,
+    ALERT_TESTS,
+    MONITORING,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_SERIES,
+    exposed_series,
+    promql_metric_names,
+    recording_rule_names,
+)
+
+#: Alerts the operations brief asks for; more are welcome, none of these may go missing.
+REQUIRED_ALERTS = {
+    "ImgclsHighErrorRate",
+    "ImgclsHighLatencyP99",
+    "ImgclsQueueSaturated",
+    "ImgclsNoModelReady",
+    "ImgclsModelReloadFailed",
+    "ImgclsInstanceDown",
+    "ImgclsLowConfidenceDrift",
+}
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=MONITORING, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def alert_test_cases() -> list[dict[str, Any]]:
+    tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    return [case for test in tests for case in test.get("alert_rule_test", [])]
+
+
+# --- promtool --------------------------------------------------------------------------------
+def test_promtool_check_config(promtool: str) -> None:
+    done = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 rule files found" in done.stdout + done.stderr
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    done = run([promtool, "check", "rules", str(ALERT_RULES)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    rule_count = len(alert_rules()) + len(recording_rule_names())
+    assert f"{rule_count} rules found" in done.stdout + done.stderr
+
+
+def test_promtool_unit_tests_pass(promtool: str) -> None:
+    done = run([promtool, "test", "rules", str(ALERT_TESTS)])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
+
+
+# --- the rules themselves ---------------------------------------------------------------------
+def test_required_alerts_exist_once() -> None:
+    names = [rule["alert"] for rule in alert_rules()]
+    assert set(names) >= REQUIRED_ALERTS, REQUIRED_ALERTS - set(names)
+    assert len(names) == len(set(names)), "duplicate alert names"
+    assert all(name.startswith("Imgcls") for name in names)
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
+def test_alert_has_for_severity_and_actionable_annotations(rule: dict[str, Any]) -> None:
+    assert rule.get("for"), "every alert waits before firing (`for:`), so one blip does not page"
+    assert rule["labels"]["severity"] in SEVERITIES
+    annotations = rule["annotations"]
+    for key in ("summary", "description", "runbook"):
+        assert annotations.get(key, "").strip(), f"annotation {key!r} missing"
+    assert "\n" not in annotations["runbook"].strip(), "runbook is one actionable line"
+    assert "\n" not in annotations["summary"].strip()
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda rule: rule["alert"])
+def test_alert_is_unit_tested_firing_and_silent(rule: dict[str, Any]) -> None:
+    cases = [case for case in alert_test_cases() if case["alertname"] == rule["alert"]]
+    assert cases, f"{rule['alert']} has no case in {ALERT_TESTS.name}"
+    firing = [case for case in cases if case.get("exp_alerts")]
+    silent = [case for case in cases if not case.get("exp_alerts")]
+    assert firing, f"no test input fires {rule['alert']}"
+    assert silent, f"no test input checks that {rule['alert']} stays silent"
+    for case in firing:
+        for expected in case["exp_alerts"]:
+            assert expected["exp_labels"]["severity"] == rule["labels"]["severity"]
+            assert set(expected["exp_annotations"]) == set(rule["annotations"])
+
+
+def test_rules_use_only_exported_metrics() -> None:
+    """A renamed metric must break this test, not silently turn an alert into a no-op."""
+    known = exposed_series() | PROMETHEUS_SERIES | recording_rule_names()
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    for rule in (rule for group in groups for rule in group["rules"]):
+        unknown = promql_metric_names(rule["expr"]) - known
+        assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown {sorted(unknown)}"
+
+
+def test_recording_rules_follow_level_metric_operation_naming() -> None:
+    for name in recording_rule_names():
+        level, metric, operation = name.split(":")
+        assert level == "imgcls" and metric and operation, name
+
+
+def test_drift_alert_reads_the_0_6_confidence_bucket() -> None:
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    exprs = "\n".join(rule["expr"] for group in groups for rule in group["rules"])
+    assert 'imgcls_prediction_confidence_bucket{le="0.6"}' in exprs
+
+
+# --- prometheus.yml ---------------------------------------------------------------------------
+def test_prometheus_scrapes_every_api_replica_by_dns_and_itself() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert config["global"]["scrape_interval"] == "5s"
+    assert config["rule_files"] == [ALERT_RULES.name]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"api", "prometheus"}
+    api = jobs["api"]
+    assert api.get("metrics_path", "/metrics") == "/metrics"
+    assert api["dns_sd_configs"] == [
+        {"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "15s"}
+    ]
+    assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]

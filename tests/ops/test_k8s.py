@@ -1,0 +1,166 @@
+"""Kubernetes manifests in deploy/k8s: probes on the service's routes, ports that agree between
+Deployment, Service and the scrape annotations, an HPA aimed at the Deployment, and pods that
+run as non-root on a read-only root filesystem with the models volume read-only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import DOCKERFILE, K8S, load_yaml_documents
+
+#: The service's default shutdown_grace_s: the pod must outlive the queue drain.
+SHUTDOWN_GRACE_S = 20
+
+
+def by_kind() -> dict[str, dict[str, Any]]:
+    docs: dict[str, dict[str, Any]] = {}
+    for name in ("deployment.yaml", "service.yaml", "hpa.yaml"):
+        for doc in load_yaml_documents(K8S / name):
+            assert doc["kind"] not in docs, f"two {doc['kind']} manifests"
+            docs[doc["kind"]] = doc
+    return docs
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[str, dict[str, Any]]:
+    return by_kind()
+
+
+@pytest.fixture(scope="module")
+def pod(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifests["Deployment"]["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def container(pod: dict[str, Any]) -> dict[str, Any]:
+    (api,) = pod["containers"]
+    return dict(api)
+
+
+def resolve_port(container: dict[str, Any], port: int | str) -> int:
+    """A numeric port as is; a named port through the container's ports list."""
+    if isinstance(port, int):
+        return port
+    named = {
+        entry["name"]: entry["containerPort"] for entry in container["ports"] if "name" in entry
+    }
+    assert port in named, f"no container port named {port!r}"
+    return int(named[port])
+
+
+def test_manifest_kinds_and_api_versions(manifests: dict[str, dict[str, Any]]) -> None:
+    assert manifests["Deployment"]["apiVersion"] == "apps/v1"
+    assert manifests["Service"]["apiVersion"] == "v1"
+    assert manifests["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
+    assert manifests["PersistentVolumeClaim"]["apiVersion"] == "v1"
+
+
+def test_probes_use_the_service_routes(container: dict[str, Any]) -> None:
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    if "startupProbe" in container:
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+    ports = {
+        resolve_port(container, container[probe]["httpGet"]["port"])
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe")
+        if probe in container
+    }
+    assert ports == {8000}
+
+
+def test_container_listens_where_the_service_says(container: dict[str, Any]) -> None:
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert env["IMGCLS_HOST"] == "0.0.0.0"
+    assert [entry["containerPort"] for entry in container["ports"]] == [int(env["IMGCLS_PORT"])]
+
+
+def test_service_selects_the_pods_and_targets_their_port(
+    manifests: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    deployment, service = manifests["Deployment"], manifests["Service"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector.items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert resolve_port(container, port["targetPort"]) == 8000
+
+
+def test_prometheus_scrape_annotations(
+    manifests: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    annotations = manifests["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == container["ports"][0]["containerPort"]
+
+
+def test_hpa_scales_the_deployment_on_cpu(
+    manifests: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    hpa, deployment = manifests["HorizontalPodAutoscaler"]["spec"], manifests["Deployment"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+    cpu = [m for m in hpa["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu and cpu[0]["resource"]["target"]["type"] == "Utilization"
+    # Utilization is relative to the request: without one the HPA cannot compute it.
+    assert container["resources"]["requests"]["cpu"]
+
+
+def test_resources_requested_and_memory_limited(container: dict[str, Any]) -> None:
+    resources = container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert "memory" in resources["limits"]
+
+
+def test_runs_as_non_root_with_read_only_root(
+    pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    pod_security, security = pod["securityContext"], container["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert pod_security["runAsUser"] != 0
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    # The uid is the image's own user, so files in the image stay readable.
+    match = re.search(r"^ARG APP_UID=(\d+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert match and int(match.group(1)) == pod_security["runAsUser"]
+
+
+def test_models_volume_is_a_read_only_pvc(
+    manifests: dict[str, dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    models_mount = mounts[env["IMGCLS_MODELS_DIR"]]
+    assert models_mount["readOnly"] is True
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    claim = volumes[models_mount["name"]]["persistentVolumeClaim"]
+    assert claim["claimName"] == manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    assert claim["readOnly"] is True
+    # A read-only root filesystem needs a writable /tmp (Keras, Matplotlib, multiprocess metrics).
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+def test_termination_grace_covers_the_queue_drain(pod: dict[str, Any]) -> None:
+    assert pod["terminationGracePeriodSeconds"] > SHUTDOWN_GRACE_S
+
+
+def test_kustomization_lists_every_manifest(container: dict[str, Any]) -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    resources = kustomization["resources"]
+    assert sorted(resources) == ["deployment.yaml", "hpa.yaml", "service.yaml"]
+    for resource in resources:
+        assert Path(K8S / resource).is_file()
+    image_names = {image["name"] for image in kustomization["images"]}
+    assert container["image"].split(":")[0] in image_names
