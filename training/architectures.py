@@ -82,6 +82,33 @@ class RGBToGrayscale(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="imgcls")
+class ResizeIfNeeded(keras.layers.Resizing):
+    """``Resizing`` that passes images already at the target size through untouched.
+
+    Training batches (and the service's pre-sized uploads) skip an identity-size resample,
+    which also keeps ``--jit`` working: XLA cannot compile the antialiased resize kernel
+    (ScaleAndTranslate), but when the size is known at trace time it is never traced.
+    Clients of the SavedModel may still send any size; those are resized here.
+    """
+
+    def call(self, inputs: Any) -> Any:
+        height, width = inputs.shape[1], inputs.shape[2]
+        if height == self.height and width == self.width:
+            return inputs
+        if height is not None and width is not None:
+            return super().call(inputs)
+        shape = keras.ops.shape(inputs)
+        same = keras.ops.logical_and(
+            keras.ops.equal(shape[1], self.height), keras.ops.equal(shape[2], self.width)
+        )
+        resized = keras.ops.cond(
+            same, lambda: inputs, lambda: super(ResizeIfNeeded, self).call(inputs)
+        )
+        # cond forgets the static size; the layers after this need it.
+        return keras.ops.reshape(resized, (-1, self.height, self.width, inputs.shape[3]))
+
+
 # ---------------------------------------------------------------------------------------
 # Layer specs: one declaration per architecture, read by the builder and by the size check
 # ---------------------------------------------------------------------------------------
@@ -341,9 +368,7 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> ker
     if channels == 1:
         x = RGBToGrayscale(name="grayscale")(x)
     # Antialiasing matters when shrinking large photos: without it bilinear resize aliases.
-    x = keras.layers.Resizing(
-        height, width, interpolation="bilinear", antialias=True, name="resize"
-    )(x)
+    x = ResizeIfNeeded(height, width, interpolation="bilinear", antialias=True, name="resize")(x)
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(x)
     for spec in specs:
         x = _make_layer(spec)(x)

@@ -242,7 +242,16 @@ def train(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
     from training.architectures import build
-    from training.distribute import is_chief, make_strategy
+    from training.distribute import (
+        evaluate_multi_worker,
+        fit_multi_worker,
+        is_chief,
+        is_multi_worker,
+        make_strategy,
+        predict_locally,
+        strategy_name,
+        weights_sha256,
+    )
 
     keras.utils.set_random_seed(args.seed)
     gpus = tf.config.list_physical_devices("GPU")
@@ -254,7 +263,7 @@ def train(args: argparse.Namespace) -> int:
     logger.info(
         "devices: %s; strategy %s with %d replica(s)",
         [d.name for d in gpus] or ["CPU"],
-        type(strategy).__name__,
+        strategy_name(strategy),
         strategy.num_replicas_in_sync,
     )
 
@@ -295,9 +304,8 @@ def train(args: argparse.Namespace) -> int:
     callbacks = make_callbacks(run_dir, args)
     verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
 
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        from training.distribute import fit_multi_worker
-
+    multi_worker = is_multi_worker(strategy)
+    if multi_worker:
         history = fit_multi_worker(
             model,
             strategy,
@@ -319,9 +327,18 @@ def train(args: argparse.Namespace) -> int:
     epochs_run = len(history.get("loss", []))
     train_seconds = time.monotonic() - started
 
-    val_loss, val_acc = model.evaluate(val_ds, verbose=0)
-    test_loss, test_acc = model.evaluate(test_ds, verbose=0)
-    y_pred = np.argmax(model.predict(test_ds, verbose=0), axis=-1)
+    # Equal on every worker of a synchronous run: compare the lines to prove it.
+    logger.info("final weights sha256 %s", weights_sha256(model))
+
+    if multi_worker:  # Keras 3's evaluate fails under MultiWorkerMirroredStrategy, as fit does
+        val_loss, val_acc = evaluate_multi_worker(model, strategy, val_ds)
+        test_loss, test_acc = evaluate_multi_worker(model, strategy, test_ds)
+        probabilities = predict_locally(model, test_ds)
+    else:
+        val_loss, val_acc = model.evaluate(val_ds, verbose=0)
+        test_loss, test_acc = model.evaluate(test_ds, verbose=0)
+        probabilities = model.predict(test_ds, verbose=0)
+    y_pred = np.argmax(probabilities, axis=-1)
     metrics = {
         "val_accuracy": float(val_acc),
         "val_loss": float(val_loss),
@@ -331,7 +348,9 @@ def train(args: argparse.Namespace) -> int:
 
     if not is_chief(strategy):
         logger.info("worker done (test accuracy %.4f); the chief publishes", test_acc)
-        # Exporting reads variables collectively, so every worker writes a copy it then drops.
+        # TF's multi-worker guide has every worker save, because saving may read SyncOnRead
+        # variables collectively. Our models hold only mirrored variables (a chief-only export
+        # works), but the throw-away copy keeps that safe for any model.
         with tempfile.TemporaryDirectory() as scratch:
             _export_with_explain(model, Path(scratch) / "model")
         return 0
@@ -373,7 +392,7 @@ def train(args: argparse.Namespace) -> int:
             "epochs_run": epochs_run,
             "train_seconds": round(train_seconds, 2),
             "examples": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
-            "strategy": type(strategy).__name__,
+            "strategy": strategy_name(strategy),
             "replicas": strategy.num_replicas_in_sync,
             "devices": [d.name for d in gpus] or ["CPU"],
             "tensorflow": tf.__version__,
