@@ -1,0 +1,368 @@
+"""Monitoring end to end: a real Prometheus scrapes a real service and evaluates our rules.
+
+One uvicorn process serves the session's trained digits model; one ``prometheus`` process, started
+here on loopback, scrapes it every second with the job name of ``monitoring/prometheus.yml`` (so
+``up{job="api"}`` means the same as in the compose stack) and evaluates ``monitoring/alerts.yml``
+every second. After real traffic the tests read everything back through Prometheus's HTTP API:
+the counts clients caused, the serving model, the rules' health, and every Grafana panel query.
+
+``promtool`` checks (test_alert_rules.py) prove the files parse; this proves they work together
+against what the service really exports.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import Server, free_port, start_server, stop_server
+from training.data import digit_images
+
+from .conftest import ALERT_RULES, PROMETHEUS_CONFIG, iter_dashboard_queries, missing_tool
+
+pytestmark = pytest.mark.e2e
+
+#: Predictions sent, one image per request, so requests == predictions == N.
+N_PREDICTIONS = 25
+#: Prometheus is ready in about a second and scrapes a new target about 5 s later (its service
+#: discovery sends updates every 5 s); the rest of each bound is slack for a busy 2-core runner.
+PROMETHEUS_START_TIMEOUT_S = 30.0
+WAIT_TIMEOUT_S = 20.0
+#: Alerts that must be inactive while one healthy replica serves a ready model without errors or
+#: rejections. The others (p99 latency, confidence drift) depend on the runner's speed or on the
+#: model, so they are only checked to evaluate without error.
+QUIET_WHEN_HEALTHY = (
+    "ImgclsInstanceDown",
+    "ImgclsNoModelReady",
+    "ImgclsModelReloadFailed",
+    "ImgclsHighErrorRate",
+    "ImgclsQueueSaturated",
+    "ImgclsQueueBacklog",
+)
+#: The Go zero time: what /api/v1/rules reports for a rule never evaluated.
+NEVER = "0001-01-01T00:00:00Z"
+
+T = TypeVar("T")
+
+
+# --- the Prometheus process -------------------------------------------------------------------
+@dataclass
+class Prometheus:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def api(self, path: str, **params: str) -> dict[str, Any]:
+        """GET ``/api/v1/<path>``; the parsed body (``status`` is ``success`` or ``error``)."""
+        response = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10.0)
+        body: dict[str, Any] = response.json()
+        return body
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query that must succeed; its result vector."""
+        body = self.api("query", query=expr)
+        assert body["status"] == "success", f"{expr}: {body}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def scalar(self, expr: str) -> float | None:
+        """The value of a query that returns at most one series (None when it returns none)."""
+        result = self.query(expr)
+        assert len(result) <= 1, f"{expr}: {result}"
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(
+        self,
+        what: str,
+        probe: Callable[[], T],
+        done: Callable[[T], bool] = bool,
+        timeout_s: float = WAIT_TIMEOUT_S,
+    ) -> T:
+        """Poll ``probe`` until ``done(value)``; return that value. After ``timeout_s`` fail with
+        ``what``, the last value seen and the tail of Prometheus's log."""
+        deadline = time.monotonic() + timeout_s
+        last: object = "nothing yet"
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"prometheus exited with {self.process.returncode} while waiting for {what}"
+                    f":\n{self.log_tail()}",
+                    pytrace=False,
+                )
+            try:
+                value = probe()
+            except (httpx.TransportError, ValueError) as exc:  # not listening yet, or bad JSON
+                last = exc
+            else:
+                if done(value):
+                    return value
+                last = value
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"{what}: not within {timeout_s:.0f} s (last: {last!r})\n"
+                    f"prometheus log:\n{self.log_tail()}",
+                    pytrace=False,
+                )
+            time.sleep(0.25)
+
+
+def api_scrape_config() -> dict[str, Any]:
+    """The compose stack's scrape job for the service (the one that discovers replicas by DNS)."""
+    jobs = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    (api,) = [job for job in jobs if "dns_sd_configs" in job]
+    return dict(api)
+
+
+def live_config(target: str) -> dict[str, Any]:
+    """``monitoring/prometheus.yml`` for one known target: same job name and metrics path, a
+    static target instead of DNS, the real rule file, and 1 s scrapes and evaluations."""
+    compose_job = api_scrape_config()
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(ALERT_RULES.resolve())],
+        "scrape_configs": [
+            {
+                "job_name": compose_job["job_name"],
+                "metrics_path": compose_job.get("metrics_path", "/metrics"),
+                "static_configs": [{"targets": [target]}],
+            }
+        ],
+    }
+
+
+def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
+    config = live_config(target)
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    log_path = workdir / "prometheus.log"
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Prometheus(f"http://127.0.0.1:{port}", process, log_path, config)
+
+
+def stop_prometheus(prometheus: Prometheus, timeout_s: float = 15.0) -> None:
+    if prometheus.process.poll() is None:
+        prometheus.process.terminate()
+        try:
+            prometheus.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            prometheus.process.kill()
+            prometheus.process.wait()
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")  # session, like trained_repo, so it is checked before training
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        missing_tool("prometheus not found on PATH")
+    return path
+
+
+@dataclass
+class Monitored:
+    server: Server
+    prometheus: Prometheus
+    job: str
+    instance: str
+    top1: Counter[str]  # top-1 label of each prediction, as the clients received them
+
+
+def digit_pngs(count: int) -> list[bytes]:
+    images, _ = digit_images()
+    pngs = []
+    for image in images[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+@pytest.fixture(scope="module")
+def monitored(
+    prometheus_binary: str,
+    trained_repo: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Monitored]:
+    """A fresh service (so its counters start at 0) and a Prometheus scraping it, after
+    N_PREDICTIONS real /predict requests that Prometheus has already scraped.
+
+    Module-scoped, with the same helpers as ``server_factory``, so that the tests below share
+    one service and one Prometheus (starting TensorFlow costs far more than the checks).
+    """
+    workdir = tmp_path_factory.mktemp("prometheus-live")
+    server = start_server(trained_repo, workdir)
+    prometheus: Prometheus | None = None
+    try:
+        instance = server.url.removeprefix("http://")
+        prometheus = start_prometheus(prometheus_binary, instance, workdir)
+        job = prometheus.config["scrape_configs"][0]["job_name"]
+        prom = prometheus
+        prom.wait_for(
+            "prometheus ready (/-/ready)",
+            lambda: httpx.get(f"{prom.url}/-/ready", timeout=2.0).status_code == 200,
+            timeout_s=PROMETHEUS_START_TIMEOUT_S,
+        )
+
+        def api_target() -> dict[str, Any]:
+            targets = prom.api("targets", state="active")["data"]["activeTargets"]
+            (target,) = [t for t in targets if t["labels"].get("instance") == instance]
+            return dict(target)
+
+        target = prom.wait_for(
+            f"target {instance} up in /api/v1/targets",
+            api_target,
+            done=lambda target: target["health"] == "up",
+        )
+        assert target["labels"]["job"] == job
+        assert target["scrapeUrl"] == f"{server.url}/metrics"
+
+        top1: Counter[str] = Counter()
+        with server.client() as client:
+            for index, png in enumerate(digit_pngs(N_PREDICTIONS)):
+                response = client.post(
+                    "/predict", files={"file": (f"digit-{index}.png", png, "image/png")}
+                )
+                assert response.status_code == 200, response.text
+                top1[response.json()["results"][0]["predictions"][0]["label"]] += 1
+        assert sum(top1.values()) == N_PREDICTIONS
+
+        expr = 'sum(imgcls_requests_total{route="/predict",code="200"})'
+        prom.wait_for(
+            f"{expr} == {N_PREDICTIONS}",
+            lambda: prom.scalar(expr),
+            done=lambda count: count == N_PREDICTIONS,
+        )
+        yield Monitored(server, prometheus, job, instance, top1)
+    finally:
+        if prometheus is not None:
+            stop_prometheus(prometheus)
+        stop_server(server)
+
+
+# --- what clients did, as Prometheus sees it --------------------------------------------------
+def test_config_keeps_the_compose_job_name(monitored: Monitored) -> None:
+    """Alerts select ``up{job="api"}``: the live job must carry the compose stack's name."""
+    assert monitored.job == api_scrape_config()["job_name"] == "api"
+    assert monitored.prometheus.scalar(f'up{{job="{monitored.job}"}}') == 1
+
+
+def test_request_and_prediction_counts(monitored: Monitored) -> None:
+    prom = monitored.prometheus
+    assert prom.scalar('sum(imgcls_requests_total{route="/predict",code="200"})') == N_PREDICTIONS
+    assert prom.scalar('sum(imgcls_requests_total{route="/predict",code!="200"})') is None
+    assert prom.scalar("sum(imgcls_predictions_total)") == N_PREDICTIONS
+    assert prom.scalar("sum(imgcls_prediction_confidence_count)") == N_PREDICTIONS
+    # Per class, exactly what the clients were told.
+    by_label = {
+        series["metric"]["label"]: float(series["value"][1])
+        for series in prom.query("sum by (label) (imgcls_predictions_total)")
+    }
+    assert by_label == {label: float(count) for label, count in monitored.top1.items()}
+
+
+def test_serving_model_and_readiness(monitored: Monitored) -> None:
+    prom = monitored.prometheus
+    (info,) = prom.query("imgcls_model_info")
+    assert info["metric"] == {
+        "__name__": "imgcls_model_info",
+        "job": monitored.job,
+        "instance": monitored.instance,
+        "name": "digits",
+        "version": "1",
+    }
+    assert float(info["value"][1]) == 1
+    assert prom.scalar("imgcls_model_ready") == 1
+    assert prom.scalar('sum(imgcls_model_reloads_total{result="failure"})') == 0
+
+
+# --- the rules ------------------------------------------------------------------------------
+def alert_names() -> list[str]:
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return [rule["alert"] for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_rule_is_loaded_and_evaluates_without_error(monitored: Monitored) -> None:
+    prom = monitored.prometheus
+
+    def all_rules() -> list[dict[str, Any]]:
+        body = prom.api("rules")
+        assert body["status"] == "success", body
+        return [rule for group in body["data"]["groups"] for rule in group["rules"]]
+
+    rules = prom.wait_for(
+        "every rule evaluated once (/api/v1/rules)",
+        all_rules,
+        done=lambda rules: bool(rules) and all(r["lastEvaluation"] != NEVER for r in rules),
+    )
+    loaded = {rule["name"] for rule in rules if rule["type"] == "alerting"}
+    assert loaded == set(alert_names()), f"missing: {set(alert_names()) - loaded}"
+    unhealthy = {rule["name"]: rule.get("lastError") for rule in rules if rule["health"] != "ok"}
+    assert not unhealthy, f"rules that failed to evaluate: {unhealthy}"
+
+
+def test_healthy_service_raises_no_alert(monitored: Monitored) -> None:
+    """With the job name right, ``absent(up{job="api"})`` and friends are empty: nothing pends.
+
+    (Polled: the first rule evaluations may predate the first scrape and briefly pend.)
+    """
+    prom = monitored.prometheus
+
+    def states() -> dict[str, str]:
+        groups = prom.api("rules", type="alert")["data"]["groups"]
+        return {rule["name"]: rule["state"] for group in groups for rule in group["rules"]}
+
+    prom.wait_for(
+        f"{', '.join(QUIET_WHEN_HEALTHY)} inactive",
+        states,
+        done=lambda now: all(now.get(name) == "inactive" for name in QUIET_WHEN_HEALTHY),
+    )
+
+
+# --- the dashboard -----------------------------------------------------------------------------
+def test_every_dashboard_query_evaluates_and_returns_data(monitored: Monitored) -> None:
+    """Each Grafana panel query, sent as Grafana would (instant, variables substituted), succeeds
+    and, after real traffic, returns at least one series: an empty panel is a broken panel."""
+    prom = monitored.prometheus
+    queries = iter_dashboard_queries()
+    assert queries
+    for query in queries:
+        body = prom.api("query", query=query)
+        assert body["status"] == "success", f"{query}: {body.get('errorType')}: {body.get('error')}"
+        assert not body.get("warnings"), f"{query}: {body['warnings']}"
+
+    # rate() needs two samples of a series born with the first prediction, and recording rules
+    # one evaluation after that: give both a few scrape intervals.
+    prom.wait_for(
+        "every dashboard query returns data (last: the empty ones)",
+        lambda: [query for query in queries if not prom.query(query)],
+        done=lambda empty: not empty,
+    )
