@@ -1,21 +1,30 @@
 """``python -m service``: run the API with uvicorn.
 
 Flags override ``IMGCLS_*`` environment variables, which override the defaults (see README).
+One worker (the default) runs :class:`service.server.DrainingServer`: SIGTERM makes it unready
+first, then drains; every worker guards its connections against slow and oversized requests
+(:class:`service.server.GuardedHttpToolsProtocol`). ``METRICS_PORT`` serves /metrics apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from prometheus_client import CollectorRegistry, multiprocess
 from pydantic import ValidationError
 
 from service.settings import Settings
+
+#: Exit code when the server could not start (uvicorn's own value).
+STARTUP_FAILURE = 3
 
 FLAG_TO_ENV = {
     "host": "IMGCLS_HOST",
@@ -48,6 +57,16 @@ def prepare_multiprocess_metrics() -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imgcls-metrics-")
 
 
+def metrics_registry(own: CollectorRegistry | None) -> CollectorRegistry:
+    """What the separate metrics port serves: ``own`` registry, or every worker's files."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path and own is not None:
+        return own
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return registry
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for flag, env in FLAG_TO_ENV.items():
@@ -66,23 +85,73 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    import uvicorn
+    from service.server import (
+        ConnectionLimits,
+        DrainingServer,
+        GuardedHttpToolsProtocol,
+        ServiceConfig,
+        start_metrics_server,
+    )
 
-    common = {
+    common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
         "access_log": False,  # imgcls_requests_total and the duration histogram cover it
-        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+        # DrainingServer shortens this to what is left of the grace period after the delay.
+        "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_grace_s)),
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "http": GuardedHttpToolsProtocol,
+        "limits": ConnectionLimits(
+            header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            retry_after_s=settings.retry_after_s,
+        ),
     }
     if settings.workers > 1:
-        prepare_multiprocess_metrics()
-        uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
-    else:
-        from service.app import create_app
+        from uvicorn.supervisors import Multiprocess
 
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
-    return 0
+        prepare_multiprocess_metrics()
+        config = ServiceConfig(
+            "service.app:create_app", factory=True, workers=settings.workers, **common
+        )
+        metrics_server = (
+            start_metrics_server(settings.host, settings.metrics_port, metrics_registry(None))
+            if settings.metrics_port
+            else None
+        )
+        try:
+            # uvicorn's own supervisor: each worker stops on SIGTERM as plain uvicorn does
+            # (in-flight requests finish, the queue drains), without the readiness delay.
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
+        return 0
+
+    from service.app import create_app
+
+    app = create_app(settings)
+    server = DrainingServer(
+        ServiceConfig(app, **common),
+        app=app,
+        shutdown_delay_s=settings.shutdown_delay_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+    metrics_server = (
+        start_metrics_server(
+            settings.host, settings.metrics_port, metrics_registry(app.state.metrics.registry)
+        )
+        if settings.metrics_port
+        else None
+    )
+    try:
+        server.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

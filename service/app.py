@@ -22,7 +22,8 @@ from service.errors import ClientError
 from service.inference import make_batch_fn
 from service.metrics import ServiceMetrics
 from service.model_store import ModelStore
-from service.routes import health, metrics, models, predict
+from service.routes import explain, health, metrics, models, page, predict, report
+from service.server import CloseConnectionsWhileDraining
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -82,7 +83,7 @@ class BatcherMetrics:
         self._metrics.batch_started(size, queue_waits_s)
 
     def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
-        self._metrics.inference_duration.observe(duration_s)
+        self._metrics.batch_finished(size, duration_s, error)
 
     def rejected(self, reason: str) -> None:
         self._metrics.rejected.labels(reason=reason).inc()
@@ -172,6 +173,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health.router,
         models.router,
         metrics.router,
+        explain.router,
+        report.router,
+        page.router,
     ):
         app.include_router(router)
     if settings.cors_origins:
@@ -181,5 +185,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key", "Authorization"],
         )
+    app.add_middleware(CloseConnectionsWhileDraining)
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     return app

@@ -403,11 +403,34 @@ class Batcher(Generic[T, R]):
 
             # 4. Form the batch from what is queued now: everything that queued while the model
             #    was busy joins it.
-            batch = self._take_batch(loop.time())
-            if batch:
-                self._inflight = loop.create_task(
-                    self._execute(batch), name=f"batcher-{self._name}-batch"
-                )
+            self._start_batch(self._take_batch(loop.time()))
+
+    def _start_batch(self, batch: list[_Item[T, R]]) -> None:
+        if batch:
+            assert self._loop is not None
+            self._inflight = self._loop.create_task(
+                self._execute(batch), name=f"batcher-{self._name}-batch"
+            )
+
+    def _chain_next_batch(self) -> None:
+        """As a batch finishes, start the next one at once when nothing argues for waiting.
+
+        Called before the finished batch's results are delivered: the loop then turns to the
+        next model call first (its task runs before the woken request handlers), instead of
+        leaving the model idle while it sends every response of the batch that just finished.
+        """
+        loop = self._loop
+        assert loop is not None
+        if not self._queue:
+            return
+        if self._batch_timeout_s > 0 and not self._closing:
+            oldest = next(iter(self._queue))
+            if (
+                len(self._queue) < self._max_batch_size
+                and loop.time() < oldest.enqueued_at + self._batch_timeout_s
+            ):
+                return  # the batcher task waits for a fuller batch, as usual
+        self._start_batch(self._take_batch(loop.time()))
 
     async def _wait_wakeup(self, timeout_s: float | None) -> None:
         """Sleep until submit/stop signals, or ``timeout_s`` seconds pass (None: no limit)."""
@@ -423,8 +446,8 @@ class Batcher(Generic[T, R]):
             await asyncio.wait_for(wakeup.wait(), timeout_s)
 
     async def _wait_model_idle(self) -> None:
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
+        # A finishing batch may have chained the next one (_chain_next_batch): wait for that too.
+        while (inflight := self._inflight) is not None and not inflight.done():
             # asyncio.wait: if this task is cancelled, the batch keeps running (stop() decides).
             await asyncio.wait((inflight,))
 
@@ -481,6 +504,7 @@ class Batcher(Generic[T, R]):
             raise
 
         self._notify(self._observer.batch_finished, len(batch), outcome.duration_s, outcome.error)
+        self._chain_next_batch()
         if outcome.error is not None:
             self._fail_batch(batch, outcome.error)
             return

@@ -7,7 +7,11 @@ from fastapi import Request
 from service.state import ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
-    """The per-app state the lifespan built (``app.state.service``)."""
+async def get_state(request: Request) -> ServiceState:
+    """The per-app state the lifespan built (``app.state.service``).
+
+    ``async`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread
+    hop per request that cost about a quarter of /predict's throughput (see BENCHMARKS.md).
+    """
     state: ServiceState = request.app.state.service
     return state

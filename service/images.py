@@ -53,6 +53,7 @@ __all__ = [
     "ImageError",
     "ImageTooLargeError",
     "UnsupportedImageError",
+    "declared_pixels",
     "decode_image",
     "image_to_array",
     "sniff_format",
@@ -343,6 +344,17 @@ def _declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     except struct.error:  # too short to hold the header: Pillow will call it truncated
         return None
     return int(width), int(height)
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """``width * height`` as a PNG, GIF, BMP or WebP header declares it, read without decoding.
+
+    Lets a caller judge the cost of :func:`decode_image` beforehand (it grows with the pixel
+    count). None for JPEG (its size sits behind a marker scan), unsupported or too-short data.
+    """
+    fmt = sniff_format(data)
+    size = _declared_size(data, fmt) if fmt is not None else None
+    return None if size is None else size[0] * size[1]
 
 
 # ------------------------------------------------------------------------------------- warnings

@@ -22,6 +22,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from service.batching import ShuttingDownError
+
 #: Seconds: sub-millisecond (a queue hop) to ten seconds (a deadline).
 DURATION_BUCKETS_S = (
     0.0002,
@@ -52,6 +54,8 @@ REJECTION_REASONS = (
     "unsupported",
     "unauthorized",
     "explain_busy",
+    "body_timeout",
+    "client_disconnected",
 )
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -109,6 +113,11 @@ class ServiceMetrics:
             "imgcls_inference_duration_seconds",
             "Duration of one model call (a whole batch).",
             buckets=DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.inference_errors = Counter(
+            "imgcls_inference_errors",
+            "Model calls that raised; each one fails every request of its batch (500).",
             registry=r,
         )
         self.predictions = Counter(
@@ -178,6 +187,9 @@ class ServiceMetrics:
 
     def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
         self.inference_duration.observe(duration_s)
+        # A batch abandoned at shutdown is not a model failure.
+        if error is not None and not isinstance(error, ShuttingDownError):
+            self.inference_errors.inc()
 
     def rejected_request(self, reason: str) -> None:
         self.rejected.labels(reason=reason).inc()

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=40_000_000, ge=1, description="width*height, before decoding")
     max_top_k: int = Field(default=100, ge=1)
     decode_threads: int = Field(default=2, ge=1, le=64, description="threads decoding uploads")
+    inline_decode_max_pixels: int = Field(
+        default=4096,
+        ge=0,
+        description="uploads (and model inputs) this small decode on the event loop, not the "
+        "decode pool: cheaper than the thread hop; 0: always use the pool",
+    )
     tf_intra_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
     tf_inter_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
     explain_max_waiting: int = Field(
@@ -60,6 +66,27 @@ class Settings(BaseSettings):
         default=None, ge=1, le=65535, description="serve /metrics apart"
     )
     shutdown_grace_s: float = Field(default=20.0, gt=0, description="drain time on SIGTERM")
+    shutdown_delay_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="SIGTERM: answer /readyz 503 this long before intake stops (load balancers)",
+    )
+    # Slow or hostile clients (uvicorn's own defaults wait forever for headers and bodies).
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="request line + headers must arrive within this, then 408"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="a request body must arrive within this, then 408"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="request line + headers, 431"
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="open connections per process; beyond it 503 and close"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -75,7 +102,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("poll_interval_s", "batch_timeout_s", "request_timeout_s", "shutdown_grace_s")
+    @field_validator(
+        "poll_interval_s",
+        "batch_timeout_s",
+        "request_timeout_s",
+        "shutdown_grace_s",
+        "shutdown_delay_s",
+        "header_timeout_s",
+        "body_timeout_s",
+    )
     @classmethod
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
@@ -88,6 +123,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_queue_size ({self.max_queue_size}) must be >= "
                 f"max_batch_size ({self.max_batch_size})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _delay_within_grace(self) -> Settings:
+        if self.shutdown_delay_s >= self.shutdown_grace_s:
+            raise ValueError(
+                f"shutdown_delay_s ({self.shutdown_delay_s:g}) must be shorter than "
+                f"shutdown_grace_s ({self.shutdown_grace_s:g}): the delay is part of the grace"
             )
         return self
 

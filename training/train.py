@@ -411,9 +411,11 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _export_with_explain(model: Any, path: Path) -> list[str]:
+    """SavedModel with ``serve`` (first: ``serving_default``) plus the explanation endpoints."""
+    from training.explain import EXPLAIN_ENDPOINTS
     from training.export import export_saved_model
 
-    return export_saved_model(model, path)
+    return export_saved_model(model, path, extra_endpoints=list(EXPLAIN_ENDPOINTS))
 
 
 def main(argv: list[str] | None = None) -> int:

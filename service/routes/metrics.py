@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from service.deps import get_state
+from service.errors import ClientError
 from service.metrics import CONTENT_TYPE
 from service.state import ServiceState
 
@@ -15,6 +16,14 @@ router = APIRouter(tags=["monitoring"])
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={404: {"description": "metrics are served on a separate port (METRICS_PORT)"}},
+)
 async def metrics(state: State) -> Response:
+    if state.settings.metrics_port is not None:
+        # Kept off the public port: only the separate metrics server answers.
+        raise ClientError(404, "not found: /metrics is not served on this port")
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)

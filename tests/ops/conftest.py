@@ -43,6 +43,7 @@ SERVICE_METRICS: dict[str, str] = {
     "imgcls_batch_queue_wait_seconds": "histogram",
     "imgcls_batch_queue_depth": "gauge",
     "imgcls_inference_duration_seconds": "histogram",
+    "imgcls_inference_errors": "counter",
     "imgcls_predictions": "counter",
     "imgcls_prediction_confidence": "histogram",
     "imgcls_rejected_requests": "counter",

@@ -1,0 +1,154 @@
+"""SIGTERM with requests in flight, against a real process: /readyz turns 503 first, every
+request in flight or queued is answered, and the process exits 0 within its grace period."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PYTHON, ROOT, Server, free_port, metric_value, quiet_env
+from tests.hostile.helpers import noise_png
+from tests.reliability.conftest import STRESS_SETTINGS, metrics_text
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
+
+#: Interpreter and TensorFlow teardown after the last answer (2 shared cores).
+EXIT_OVERHEAD_S = 6.0
+
+
+def send(server: Server, index: int) -> httpx.Response:
+    image = noise_png((64, 64), index % 8)
+    return httpx.post(
+        server.url + "/predict",
+        files={"file": (f"img-{index}.png", image, "image/png")},
+        timeout=60,
+    )
+
+
+def start_requests(
+    server: Server, count: int
+) -> tuple[ThreadPoolExecutor, list[Future[httpx.Response]]]:
+    """Fire ``count`` one-image requests at once; return when all of them are queued or done."""
+    before = metrics_text(server)
+    base = metric_value(before, "imgcls_batch_size_sum") + metric_value(
+        before, "imgcls_batch_queue_depth"
+    )
+    pool = ThreadPoolExecutor(count)
+    futures = [pool.submit(send, server, i) for i in range(count)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        text = metrics_text(server)
+        taken = metric_value(text, "imgcls_batch_size_sum") + metric_value(
+            text, "imgcls_batch_queue_depth"
+        )
+        if taken - base >= count:
+            return pool, futures
+        time.sleep(0.02)
+    raise AssertionError("the requests were not all accepted in time")
+
+
+def test_sigterm_drains_everything_in_flight_then_exits_0(
+    server_factory: object, stress_repo: Path
+) -> None:
+    grace_s, delay_s, count = 15.0, 1.5, 40
+    srv: Server = server_factory(  # type: ignore[operator]
+        stress_repo,
+        **{**STRESS_SETTINGS, "max_queue_size": "64", "request_timeout_s": "30"},
+        shutdown_grace_s=str(grace_s),
+        shutdown_delay_s=str(delay_s),
+    )
+    pool, futures = start_requests(srv, count)
+    depth = metric_value(metrics_text(srv), "imgcls_batch_queue_depth")
+    assert depth > 0  # work is really queued when the signal comes
+
+    signalled = time.monotonic()
+    srv.process.send_signal(signal.SIGTERM)
+    # Not ready at once, while the listening socket stays open for the delay.
+    ready = httpx.get(srv.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["detail"] == "shutting down"
+    late = httpx.post(
+        srv.url + "/predict", files={"file": ("late.png", noise_png(), "image/png")}, timeout=10
+    )
+    assert late.status_code == 503 and late.headers["retry-after"] == "1"
+    assert "shutting down" in late.json()["detail"]
+    assert late.headers["connection"] == "close"  # clients leave kept-alive connections
+    assert time.monotonic() - signalled < delay_s
+
+    responses = [future.result(timeout=60) for future in futures]
+    pool.shutdown()
+    code = srv.process.wait(timeout=grace_s + EXIT_OVERHEAD_S)
+    took = time.monotonic() - signalled
+    print(f"\nSIGTERM with {depth:.0f} queued of {count}: exit code {code} after {took:.1f} s")
+    assert [r.status_code for r in responses] == [200] * count
+    assert [r.json()["results"][0]["filename"] for r in responses] == [
+        f"img-{i}.png" for i in range(count)
+    ]
+    assert code == 0
+    assert delay_s <= took < grace_s + EXIT_OVERHEAD_S
+    log = srv.log()
+    assert "shutdown requested" in log and "Finished server process" in log
+    assert "Traceback" not in log
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(srv.url + "/healthz", timeout=5)
+
+
+def test_work_left_when_the_grace_period_ends_is_answered_503(
+    server_factory: object, stress_repo: Path
+) -> None:
+    grace_s, count = 1.5, 60  # 60 images take ~2 s or more: more than the grace period
+    srv: Server = server_factory(  # type: ignore[operator]
+        stress_repo,
+        **{**STRESS_SETTINGS, "max_queue_size": "64", "request_timeout_s": "30"},
+        shutdown_grace_s=str(grace_s),
+    )
+    pool, futures = start_requests(srv, count)
+    signalled = time.monotonic()
+    srv.process.send_signal(signal.SIGTERM)
+    responses = [future.result(timeout=60) for future in futures]
+    pool.shutdown()
+    answered_by = time.monotonic() - signalled
+    code = srv.process.wait(timeout=grace_s + EXIT_OVERHEAD_S)
+    took = time.monotonic() - signalled
+    statuses = [r.status_code for r in responses]
+    print(
+        f"\ngrace {grace_s} s: {statuses.count(200)} answered 200, {statuses.count(503)} 503 "
+        f"within {answered_by:.1f} s; exit code {code} after {took:.1f} s"
+    )
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(503) > 0
+    for response in responses:
+        if response.status_code == 503:
+            assert "shutting down" in response.json()["detail"]
+            assert response.headers["retry-after"] == "1"
+    assert answered_by < grace_s + 0.5
+    assert code == 0
+    assert took < grace_s + EXIT_OVERHEAD_S
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"IMGCLS_SHUTDOWN_DELAY_S": "30", "IMGCLS_SHUTDOWN_GRACE_S": "20"}, "shutdown_delay_s"),
+        ({"IMGCLS_HEADER_TIMEOUT_S": "0"}, "header_timeout_s"),
+        ({"IMGCLS_BODY_TIMEOUT_S": "inf"}, "body_timeout_s"),
+        ({"IMGCLS_MAX_HEADER_BYTES": "10"}, "max_header_bytes"),
+    ],
+)
+def test_nonsense_limits_are_refused_at_start(env: dict[str, str], words: str) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "service"],
+        cwd=ROOT,
+        env=quiet_env(IMGCLS_PORT=str(free_port()), **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and words in done.stderr
