@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 MODEL_NAME ?= digits
 MODELS_DIR ?= models
 # Debian packages the test suite drives for real: Prometheus (promtool), docker-compose (config
-# validation), Chromium (the web page). Installed when missing and we may (root); CI=true makes a
-# missing one fail the tests instead of skipping them.
-SYSTEM_PACKAGES := prometheus docker-compose chromium
+# validation), Chromium (the web page), wrk (the benchmark's load generator). Installed when
+# missing and we may (root); CI=true makes a missing one fail the tests instead of skipping them.
+SYSTEM_PACKAGES := prometheus docker-compose chromium wrk
 
 .PHONY: run test install system-deps train lint bench clean
 
@@ -25,6 +25,7 @@ system-deps:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -48,6 +49,8 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
+# The load benchmark (BENCHMARKS.md), about 9 minutes; needs wrk (`make system-deps` installs it).
+# `$(PY) -m bench --quick` is a half-minute smoke run of the same harness.
 bench: install
 	$(PY) -m bench
 

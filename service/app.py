@@ -7,6 +7,7 @@ loads the first version, in a thread, while ``/healthz`` already answers.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_tensorflow_threads(settings)
+        # The model thread needs the GIL back after each call; see BENCHMARKS.md.
+        sys.setswitchinterval(settings.gil_switch_interval_s)
         store = ModelStore(
             settings.model_dir,
             repository_root=settings.models_dir,

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     )
     tf_intra_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
     tf_inter_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
+    gil_switch_interval_s: float = Field(
+        default=0.001,
+        gt=0,
+        le=0.1,
+        description="sys.setswitchinterval: how long the busy event loop may keep the GIL from "
+        "the model thread (Python's default 0.005 delays every model call)",
+    )
     explain_max_waiting: int = Field(
         default=2, ge=0, le=64, description="explanations waiting behind the running one, then 503"
     )
