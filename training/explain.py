@@ -106,9 +106,13 @@ def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
                 tf.argmax(probabilities, axis=-1, output_type=tf.int32),
                 class_index,
             )
-            tf.debugging.assert_less(
+            # The check must run before the gather: without the dependency the graph may
+            # execute the gather first and fail with a less helpful message.
+            check = tf.debugging.assert_less(
                 chosen, num_classes, message="class_index must be < the number of classes"
             )
+            with tf.control_dependencies([check]):
+                chosen = tf.identity(chosen)
             score = tf.gather(logits, chosen[:, None], batch_dims=1)[:, 0]
         grads = tf.cast(tape.gradient(score, raw_activations), tf.float32)
         activations = tf.cast(raw_activations, tf.float32)
