@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -114,24 +113,11 @@ def main() -> int:
     HTTP protocol, no access log, uvloop and httptools."""
     import uvicorn
 
-    from service.server import ConnectionLimits, GuardedHttpToolsProtocol, ServiceConfig
+    from service.server import ServiceConfig, uvicorn_options
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper())
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,
-        "timeout_keep_alive": settings.keep_alive_timeout_s,
-        "http": GuardedHttpToolsProtocol,
-        "limits": ConnectionLimits(
-            header_timeout_s=settings.header_timeout_s,
-            max_header_bytes=settings.max_header_bytes,
-            max_connections=settings.max_connections,
-            retry_after_s=settings.retry_after_s,
-        ),
-    }
+    common = uvicorn_options(settings)
     if settings.workers > 1:
         from uvicorn.supervisors import Multiprocess
 

@@ -85,29 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from service.server import (
-        ConnectionLimits,
-        DrainingServer,
-        GuardedHttpToolsProtocol,
-        ServiceConfig,
-        start_metrics_server,
-    )
+    from service.server import DrainingServer, ServiceConfig, start_metrics_server, uvicorn_options
 
     common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level,
-        "access_log": False,  # imgcls_requests_total and the duration histogram cover it
+        **uvicorn_options(settings),
         # DrainingServer shortens this to what is left of the grace period after the delay.
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_grace_s)),
-        "timeout_keep_alive": settings.keep_alive_timeout_s,
-        "http": GuardedHttpToolsProtocol,
-        "limits": ConnectionLimits(
-            header_timeout_s=settings.header_timeout_s,
-            max_header_bytes=settings.max_header_bytes,
-            max_connections=settings.max_connections,
-            retry_after_s=settings.retry_after_s,
-        ),
     }
     if settings.workers > 1:
         from uvicorn.supervisors import Multiprocess

@@ -30,6 +30,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service.settings import Settings
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,25 @@ class ConnectionLimits:
     max_header_bytes: int = 64 * 1024
     max_connections: int = 1024
     retry_after_s: int = 1
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options of the service's server stack, shared by ``python -m service`` and
+    the benchmark's HTTP-ceiling app so that both are measured on the same stack."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,  # imgcls_requests_total and the duration histogram cover it
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "http": GuardedHttpToolsProtocol,
+        "limits": ConnectionLimits(
+            header_timeout_s=settings.header_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            retry_after_s=settings.retry_after_s,
+        ),
+    }
 
 
 class ServiceConfig(uvicorn.Config):
