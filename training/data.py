@@ -1,34 +1,66 @@
-"""Training data: scikit-learn's bundled digits, or a folder of class sub-folders.
+"""Training data: scikit-learn's bundled digits (in memory), or a folder of class sub-folders
+(streamed from disk).
 
-Both sources end up as the same thing, :class:`ImageData`: uint8 RGB images of one size
-(raw pixels, exactly what the exported model's ``serve`` endpoint takes) with integer labels,
-split into train / validation / test. The test split is fixed (its own seed) so that every
-run of the same data is scored on the same held-out images.
+* The digits are small: :func:`load_digits_data` returns :class:`ImageData`, uint8 RGB arrays of
+  one size (raw pixels, exactly what the exported model's ``serve`` endpoint takes).
+* A folder can be any size: :func:`load_folder_data` lists its files and labels once (classes
+  and files sorted, so nothing depends on the order the file system lists them), checks every
+  file's header cheaply, fingerprints the contents in chunks, chooses the input size from a
+  sample of headers, and splits the FILES into train / validation / test
+  (:class:`FolderData`). :func:`make_file_dataset` then streams one split through tf.data:
+  read + decode + resize in parallel with the very function the service decodes uploads with
+  (:func:`training.decoding.decode_image`), batch, prefetch; nothing holds every image at once.
+
+Both test splits are fixed (their own seeds, never ``--seed``) so every run on the same data is
+scored on the same held-out images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
-import warnings
+import os
+import threading
+import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
+from training.decoding import (
+    HEADER_BYTES,
+    IMAGE_SUFFIXES,
+    ImageError,
+    check_header,
+    decode_image,
+    read_header,
+)
 from training.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
-#: Pillow decoders allowed for training data (same list as the service's).
-PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 DIGITS_SIZE = 28  # pixels; the 8x8 scikit-learn digits are upscaled to an MNIST-like 28x28
 TEST_SPLIT_SEED = 1234  # fixed: the held-out set never depends on --seed
-GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+#: Largest ``width * height`` of a training image, in pixels (Pillow's own bomb threshold);
+#: larger files are skipped with a warning. The service has its own, smaller, upload limit.
+MAX_TRAINING_PIXELS = 89_478_485
+#: Headers read (with Pillow, no pixel data) to choose the input size when none is given.
+SAMPLE_HEADERS = 256
+#: The longest side, in pixels, of an input size chosen from the data; larger medians are
+#: scaled down to it (aspect ratio kept), and the log and metadata say so.
+MAX_AUTO_SIDE = 224
+#: A class with fewer images than this fraction of the largest class gets a warning.
+IMBALANCE_WARN_RATIO = 0.10
+#: Bytes of decoded images a ``--cache``d training split may hold in its shuffle buffer.
+SHUFFLE_BUFFER_BYTES = 64 * 1024 * 1024
+#: Most file names the shuffle buffer of a streamed (uncached) training split holds.
+MAX_PATH_SHUFFLE_BUFFER = 100_000
+_CHUNK_BYTES = 1 << 20  # fingerprint read size
+GIVEN_SHAPE = "from --input-shape"  # FolderData.input_shape_reason when the user chose it
 
 
 class DataError(UserError):
@@ -93,69 +125,175 @@ def load_digits_data(val_split: float, test_split: float = 0.2) -> ImageData:
     )
 
 
+@dataclass(frozen=True)
+class FileSplit:
+    """Image files (absolute paths, as str) and their labels (N,) int32."""
+
+    files: tuple[str, ...]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+class DecodeFailures:
+    """Files whose header passed but whose decode failed while streaming; thread-safe.
+
+    Each file is warned about once (an epoch revisits it, the warning does not repeat); the
+    count goes into the metadata's ``skipped_files`` with the files refused while listing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._files: dict[str, str] = {}
+
+    def record(self, path: str, reason: str) -> None:
+        """Note that ``path`` could not be decoded (``reason``); warns the first time only."""
+        with self._lock:
+            if path in self._files:
+                return
+            self._files[path] = reason
+        logger.warning("skipped unreadable image %s: %s", path, reason)
+
+    @property
+    def files(self) -> dict[str, str]:
+        """path -> reason, for every file that failed so far."""
+        with self._lock:
+            return dict(self._files)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._files)
+
+
+@dataclass(frozen=True)
+class FolderData:
+    """A folder of class sub-folders, listed, checked and split by file; nothing decoded yet.
+
+    Attributes:
+        train, val, test: The file splits (the test split is fixed for the same folder).
+        class_names: Sub-folder names, sorted; label i is ``class_names[i]``.
+        default_input_shape: (height, width, channels) of the network input: ``--input-shape``,
+            else chosen from a sample of headers (see ``input_shape_reason``).
+        input_shape_reason: One sentence saying how the input shape was chosen.
+        fingerprint: sha256 over the sorted relative paths, sizes and contents of every file.
+        source: The folder path.
+        class_counts: Readable files per class (all splits).
+        listing_skipped: Files refused while listing (no image, damaged header, unreadable).
+        failures: Files whose decode failed while streaming (filled in as the data flows).
+    """
+
+    train: FileSplit
+    val: FileSplit
+    test: FileSplit
+    class_names: list[str]
+    default_input_shape: tuple[int, int, int]
+    input_shape_reason: str
+    fingerprint: str
+    source: str
+    class_counts: dict[str, int]
+    listing_skipped: int = 0
+    failures: DecodeFailures = field(default_factory=DecodeFailures)
+
+    @property
+    def skipped_files(self) -> int:
+        """Unreadable files skipped so far: at listing plus while streaming."""
+        return self.listing_skipped + len(self.failures)
+
+
 def load_folder_data(
     folder: Path,
     *,
     val_split: float,
     test_split: float = 0.15,
-    image_size: tuple[int, int] | None = None,
-    channels: int | None = None,
-) -> ImageData:
-    """Read ``folder/<class>/<image>`` files of any size and mode.
+    input_shape: tuple[int, int, int] | None = None,
+    min_side: int = 1,
+) -> FolderData:
+    """List, check, fingerprint and split ``folder/<class>/<image>`` files of any size and mode.
 
-    Unreadable files are skipped with one warning each. ``image_size`` (height, width) and
-    ``channels`` default to what the data suggests: the median size clamped to 32..128 pixels,
-    and grayscale only when every image is grayscale.
+    One pass reads every file in 1 MiB chunks (for the fingerprint) and checks its first bytes
+    (:func:`training.decoding.check_header`: no decode); unreadable files are skipped with one
+    warning each. Memory grows with the number of file NAMES only, never with their pixels.
+
+    Args:
+        folder: One sub-folder per class (hidden entries ignored; links followed, loops not).
+        val_split, test_split: Fractions of each class held out for validation and for the test.
+        input_shape: (height, width, channels), or None to choose it from :data:`SAMPLE_HEADERS`
+            headers: the median height and width (scaled down to :data:`MAX_AUTO_SIDE` pixels on
+            the longer side, up to ``min_side``), one channel only when every sampled image is grey.
+        min_side: Smallest height/width the architecture accepts, in pixels (auto choice only).
+
+    Raises:
+        DataError: missing folder, no class sub-folders, no readable images, fewer than two classes.
     """
     files, labels, class_names = _scan_folder(folder)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        probes = list(pool.map(_probe_image, files))
-    readable = [i for i, probe in enumerate(probes) if probe is not None]
-    if not readable:
+    ok, fingerprint = _check_and_fingerprint(folder, files)
+    header_sample: list[int] | None = None
+    if input_shape is None:
+        readable = np.flatnonzero(ok)
+        rng = np.random.default_rng(TEST_SPLIT_SEED)
+        count = min(len(readable), SAMPLE_HEADERS)
+        header_sample = sorted(rng.choice(readable, size=count, replace=False).tolist())
+    shape, reason, bad = _choose_input_shape(files, header_sample, input_shape, min_side)
+    for index in bad:
+        ok[index] = False
+    kept = np.flatnonzero(ok)
+    if kept.size == 0:
         raise DataError(f"no readable images in {folder}")
-    if image_size is None:
-        heights = np.median([probes[i][1] for i in readable])  # type: ignore[index]
-        widths = np.median([probes[i][0] for i in readable])  # type: ignore[index]
-        image_size = (int(np.clip(heights, 32, 128)), int(np.clip(widths, 32, 128)))
-    if channels is None:
-        channels = 1 if all(probes[i][2] for i in readable) else 3  # type: ignore[index]
-    height, width = image_size
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        arrays = list(pool.map(lambda path: _load_image(path, (width, height)), files))
-    kept = [i for i, array in enumerate(arrays) if array is not None]
-    for i, array in enumerate(arrays):
-        if array is None:
-            logger.warning("skipped unreadable image %s", files[i])
-    skipped = len(files) - len(kept)
-    if not kept:
-        raise DataError(f"no readable images in {folder}")
-    kept_labels = np.array([labels[i] for i in kept], dtype=np.int32)
-    if np.unique(kept_labels).size < 2:
+    kept_files = [str(files[i]) for i in kept]
+    kept_labels = np.asarray([labels[i] for i in kept], dtype=np.int32)
+    present = np.unique(kept_labels)
+    if present.size < 2:
         raise DataError(f"{folder} has readable images for only one class; need at least two")
-    images = np.stack([arrays[i] for i in kept])  # type: ignore[misc]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(folder)).encode())
-        digest.update(path.read_bytes())
-    train, val, test = _split(images, kept_labels, val_split, test_split)
-    return ImageData(
-        train=train,
-        val=val,
-        test=test,
+    counts = class_counts(kept_labels, class_names)
+    for name, count in counts.items():
+        if count == 0:
+            logger.warning("class %s has no readable images; it is never predicted", name)
+    _report_imbalance(counts)
+    train_idx, val_idx, test_idx = split_by_class(
+        kept_labels, class_names, val_split=val_split, test_split=test_split
+    )
+
+    if val_idx.size == 0 or test_idx.size == 0:
+        raise DataError(
+            f"{folder} has too few images to hold out validation and test images; "
+            "give at least one class 3 or more readable images"
+        )
+
+    def take(indices: np.ndarray) -> FileSplit:
+        return FileSplit(tuple(kept_files[i] for i in indices), kept_labels[indices])
+
+    logger.info("input shape %s: %s", "x".join(map(str, shape)), reason)
+    return FolderData(
+        train=take(train_idx),
+        val=take(val_idx),
+        test=take(test_idx),
         class_names=class_names,
-        default_input_shape=(height, width, channels),
-        fingerprint=digest.hexdigest(),
+        default_input_shape=shape,
+        input_shape_reason=reason,
+        fingerprint=fingerprint,
         source=str(folder),
-        skipped_files=skipped,
+        class_counts=counts,
+        listing_skipped=len(files) - int(kept.size),
     )
 
 
 def _scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Every image file under each class sub-folder, sorted; labels; class names, sorted.
+
+    Sorting (not the file system's order) fixes the order, so results do not depend on how
+    or in which order the files were created. Symbolic links are followed, but a directory is
+    visited once: a link loop gets a warning instead of an endless walk.
+    """
     if not folder.exists():
         raise DataError(f"data folder {folder} does not exist")
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; --data expects a folder of class sub-folders")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"cannot list {folder}: {exc.strerror or exc}") from exc
+    class_dirs = [p for p in entries if not p.name.startswith(".") and _is_dir(p)]
     if not class_dirs:
         raise DataError(
             f"{folder} has no class sub-folders (expected {folder}/<class>/<image files>)"
@@ -164,9 +302,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     labels: list[int] = []
     class_names: list[str] = []
     for class_dir in class_dirs:
-        images = sorted(
-            p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
+        images = _walk_images(class_dir)
         if not images:
             logger.warning("class folder %s has no jpg/png/webp/bmp/gif images; ignored", class_dir)
             continue
@@ -183,50 +319,319 @@ def _scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, class_names
 
 
-def _probe_image(path: Path) -> tuple[int, int, bool] | None:
-    """(width, height, is_grayscale) from the file's header, or None if it is not an image."""
+def _is_dir(path: Path) -> bool:
     try:
-        with Image.open(path, formats=PIL_FORMATS) as img:
-            gray = img.mode in GRAY_MODES or (img.mode == "P" and _palette_is_gray(img))
-            return img.width, img.height, gray
-    except Exception:
-        return None
+        return path.is_dir()
+    except OSError:  # a symlink loop raises ELOOP on stat in some Pythons
+        return False
 
 
-def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray | None:
-    """Decode one file to uint8 RGB of ``size`` (width, height): first frame, EXIF orientation
-    applied, alpha composited over black. None when the file cannot be decoded."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=PIL_FORMATS) as opened:
-                opened.seek(0)
-                opened.load()
-                upright = ImageOps.exif_transpose(opened) or opened
-                rgb = _to_rgb(upright).resize(size, Image.Resampling.BILINEAR)
-                return np.asarray(rgb, dtype=np.uint8)
-    except Exception:
-        return None
+def _walk_images(class_dir: Path) -> list[Path]:
+    """Image files (by suffix) under ``class_dir``, sorted, each real directory walked once."""
+    seen: set[tuple[int, int]] = set()
+    found: list[Path] = []
+
+    def onerror(exc: OSError) -> None:
+        logger.warning("cannot read %s: %s; skipped", exc.filename, exc.strerror or exc)
+
+    for root, dirs, names in os.walk(class_dir, followlinks=True, onerror=onerror):
+        try:
+            stat = os.stat(root)
+        except OSError as exc:
+            logger.warning("cannot read %s: %s; skipped", root, exc.strerror or exc)
+            dirs[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            logger.warning(
+                "%s leads back to a folder already read (symbolic link loop?); skipped", root
+            )
+            dirs[:] = []
+            continue
+        seen.add(key)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            path = Path(root) / name
+            try:
+                is_file = path.is_file()
+            except OSError:
+                is_file = False
+            if is_file:
+                found.append(path)
+            else:
+                logger.warning(
+                    "skipped unreadable image %s: not a regular file (broken link?)", path
+                )
+    return sorted(found)
 
 
-def _palette_is_gray(img: Image.Image) -> bool:
-    palette = img.getpalette() or []
-    triples = np.array(palette[: len(palette) // 3 * 3]).reshape(-1, 3)
-    return bool(np.all(triples[:, 0] == triples[:, 1]) and np.all(triples[:, 1] == triples[:, 2]))
+def _check_and_fingerprint(folder: Path, files: Sequence[Path]) -> tuple[np.ndarray, str]:
+    """Check each file's header and hash every file's relative path, size and content.
+
+    Files are read in :data:`_CHUNK_BYTES` pieces, so memory does not grow with their size.
+
+    Returns:
+        A bool mask of the files whose header is a readable supported image, and the sha256 hex.
+    """
+    digest = hashlib.sha256()
+    ok = np.zeros(len(files), dtype=bool)
+    for index, path in enumerate(files):
+        digest.update(path.relative_to(folder).as_posix().encode("utf-8", "surrogateescape"))
+        digest.update(b"\0")
+        try:
+            with path.open("rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                digest.update(str(size).encode() + b"\0")
+                head = handle.read(HEADER_BYTES)
+                digest.update(head)
+                while chunk := handle.read(_CHUNK_BYTES):
+                    digest.update(chunk)
+        except OSError as exc:
+            digest.update(b"unreadable\0")
+            logger.warning("skipped unreadable image %s: %s", path, exc.strerror or exc)
+            continue
+        try:
+            check_header(head, max_pixels=MAX_TRAINING_PIXELS)
+        except ImageError as exc:
+            logger.warning("skipped unreadable image %s: %s", path, exc.detail)
+            continue
+        ok[index] = True
+    return ok, digest.hexdigest()
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+def _choose_input_shape(
+    files: Sequence[Path],
+    sample: list[int] | None,
+    given: tuple[int, int, int] | None,
+    min_side: int,
+) -> tuple[tuple[int, int, int], str, list[int]]:
+    """The network input (height, width, channels), why, and sampled files found unreadable."""
+    if given is not None or sample is None:
+        assert given is not None
+        return given, GIVEN_SHAPE, []
+    sizes: list[tuple[int, int]] = []
+    gray: list[bool] = []
+    bad: list[int] = []
+    for index in sample:
+        try:
+            header = read_header(files[index], max_pixels=MAX_TRAINING_PIXELS)
+        except (ImageError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, ImageError) else (exc.strerror or str(exc))
+            logger.warning("skipped unreadable image %s: %s", files[index], detail)
+            bad.append(index)
+            continue
+        sizes.append(header.size)
+        gray.append(header.grayscale)
+    if not sizes:
+        return (1, 1, 3), "no readable header", bad  # the caller refuses: no readable images
+    median_w = float(np.median([w for w, _ in sizes]))
+    median_h = float(np.median([h for _, h in sizes]))
+    height, width = max(1, round(median_h)), max(1, round(median_w))
+    channels = 1 if all(gray) else 3
+    what = (
+        f"the median of {len(sizes)} sampled header(s) of {len(files)} file(s) is "
+        f"{height}x{width}, {'all grey' if channels == 1 else 'some in colour'}"
+    )
+    notes: list[str] = []
+    if max(height, width) > MAX_AUTO_SIDE:
+        scale = MAX_AUTO_SIDE / max(height, width)
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+        notes.append(f"scaled down to {MAX_AUTO_SIDE} pixels on the longer side")
+    (height, width), note = _scaled_up((height, width), min_side)
+    notes += [note] if note else []
+    reason = (
+        what + ("; " + ", ".join(notes) if notes else "") + "; pass --input-shape H,W,C to choose"
+    )
+    return (height, width, channels), reason, bad
+
+
+def _scaled_up(size: tuple[int, int], min_side: int) -> tuple[tuple[int, int], str]:
+    """``size`` (height, width) scaled up, aspect kept, until both sides reach ``min_side``."""
+    height, width = size
+    if min(height, width) >= min_side:
+        return size, ""
+    scale = min_side / min(height, width)
+    scaled = (max(min_side, round(height * scale)), max(min_side, round(width * scale)))
+    return scaled, f"scaled up to the architecture's minimum of {min_side} pixels"
+
+
+def with_min_side(data: FolderData, min_side: int) -> FolderData:
+    """``data`` with a data-chosen input shape scaled up to ``min_side`` pixels if smaller (a
+    shape from ``--input-shape`` is left alone: the architecture then refuses it, saying why)."""
+    if data.input_shape_reason == GIVEN_SHAPE:
+        return data
+    size, note = _scaled_up(data.default_input_shape[:2], min_side)
+    if not note:
+        return data
+    shape = (*size, data.default_input_shape[2])
+    reason = data.input_shape_reason.replace(
+        "; pass --input-shape", f"; {note}; pass --input-shape"
+    )
+    logger.info("input shape %s: %s", "x".join(map(str, shape)), reason)
+    return dataclasses.replace(data, default_input_shape=shape, input_shape_reason=reason)
+
+
+def _report_imbalance(counts: dict[str, int]) -> None:
+    """Log images per class; warn for every class under 10% of the largest."""
+    logger.info("images per class: %s", counts)
+    largest = max(counts.values())
+    for name, count in counts.items():
+        if 0 < count < IMBALANCE_WARN_RATIO * largest:
+            logger.warning(
+                "class %s has %d image(s), under %d%% of the largest class (%d); "
+                "consider --class-weight balanced or more data",
+                name,
+                count,
+                round(IMBALANCE_WARN_RATIO * 100),
+                largest,
+            )
+
+
+def split_by_class(
+    labels: np.ndarray, class_names: Sequence[str], *, val_split: float, test_split: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train / validation / test indices into ``labels``, fixed for the same files.
+
+    Within each class (files in sorted order) a permutation seeded by :data:`TEST_SPLIT_SEED`
+    and the class NAME (not its index: adding a class leaves the others' splits alone) takes
+    ``round(n * test_split)`` files for the test and ``round(n * val_split)`` for validation,
+    at least one each for classes of three or more images; a class of one or two images stays
+    in training (with a warning).
+
+    Returns:
+        Sorted index arrays (train, val, test).
+    """
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for label, name in enumerate(class_names):
+        members = np.flatnonzero(labels == label)
+        n = members.size
+        if n == 0:
+            continue
+        seed = [TEST_SPLIT_SEED, zlib.crc32(name.encode("utf-8", "surrogateescape"))]
+        order = members[np.random.default_rng(seed).permutation(n)]
+        if n < 3:
+            logger.warning(
+                "class %s has only %d image(s): all used for training, none for validation or test",
+                name,
+                n,
+            )
+            train.append(order)
+            continue
+        n_test = max(1, round(n * test_split))
+        n_val = max(1, round(n * val_split))
+        if n - n_test - n_val < 1:
+            n_test, n_val = 1, 1
+        test.append(order[:n_test])
+        val.append(order[n_test : n_test + n_val])
+        train.append(order[n_test + n_val :])
+
+    def merged(parts: list[np.ndarray]) -> np.ndarray:
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    return merged(train), merged(val), merged(test)
+
+
+def make_file_dataset(
+    split: FileSplit,
+    *,
+    image_size: tuple[int, int],
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    failures: DecodeFailures,
+    cache_file: Path | None = None,
+    max_pixels: int = MAX_TRAINING_PIXELS,
+) -> Any:
+    """A tf.data pipeline streaming one split from disk: ``(images, labels)`` batches.
+
+    paths -> [shuffle paths] -> read + :func:`training.decoding.decode_image` (the service's
+    decoder, through ``tf.numpy_function``, ``num_parallel_calls=AUTOTUNE``: Pillow releases the
+    GIL while it decodes and resizes) -> drop files that fail (one warning each, counted in
+    ``failures``) -> [cache to ``cache_file`` -> shuffle a bounded buffer] -> batch -> prefetch.
+
+    Args:
+        split: Files and labels; their order is kept when ``shuffle`` is False.
+        image_size: (height, width) of the decoded images, in pixels.
+        batch_size: Images per batch (the last one may be smaller).
+        shuffle: Reshuffle every epoch (seeded by ``seed``).
+        seed: Seed of the file order and the shuffle.
+        failures: Where files that fail to decode are recorded.
+        cache_file: Cache the decoded split in this file (prefix), or None to decode every epoch.
+        max_pixels: Largest accepted ``width * height`` of a file, in pixels.
+
+    Returns:
+        A ``tf.data.Dataset`` of (float32 ``(N, height, width, 3)`` RGB 0..255, int32 ``(N,)``):
+        exactly the pixels ``service.images.decode_image`` gives the service for the same files.
+    """
+    import tensorflow as tf
+
+    height, width = image_size
+    files = list(split.files)
+    labels = np.asarray(split.labels, dtype=np.int32)
+    if shuffle and files:
+        # A fixed first permutation, so that even a bounded buffer mixes the class-sorted list.
+        order = np.random.default_rng(seed).permutation(len(files))
+        files = [files[i] for i in order]
+        labels = labels[order]
+
+    def decode(path: bytes) -> tuple[np.ndarray, np.bool_]:
+        name = os.fsdecode(path)
+        try:
+            with open(name, "rb") as handle:
+                data = handle.read()
+            pixels = decode_image(data, target_size=(height, width), max_pixels=max_pixels).array
+        except ImageError as exc:
+            failures.record(name, exc.detail)
+        except OSError as exc:
+            failures.record(name, exc.strerror or str(exc))
+        else:
+            return pixels, np.True_
+        return np.zeros((height, width, 3), dtype=np.float32), np.False_
+
+    def load(path: Any, label: Any) -> tuple[Any, Any, Any]:
+        pixels, ok = tf.numpy_function(decode, [path], [tf.float32, tf.bool], stateful=False)
+        pixels.set_shape((height, width, 3))
+        ok.set_shape(())
+        return pixels, label, ok
+
+    paths = tf.constant(files, dtype=tf.string) if files else tf.zeros((0,), dtype=tf.string)
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if shuffle and cache_file is None:
+        buffer = max(1, min(len(files), MAX_PATH_SHUFFLE_BUFFER))
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.filter(_is_decoded).map(_drop_flag)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(cache_file))
+        if shuffle:
+            per_image = height * width * 3 * 4
+            buffer = max(batch_size, min(len(files), SHUFFLE_BUFFER_BYTES // per_image))
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _is_decoded(pixels: Any, label: Any, ok: Any) -> Any:
+    return ok
+
+
+def _drop_flag(pixels: Any, label: Any, ok: Any) -> tuple[Any, Any]:
+    return pixels, label
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """``--class-weight balanced``: ``n / (num_classes * n_c)`` per class (scikit-learn's rule);
+    classes absent from ``labels`` get 0 (they contribute no loss anyway)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = int(np.count_nonzero(counts))
+    total = float(counts.sum())
+    return {
+        c: (total / (present * float(counts[c])) if counts[c] else 0.0) for c in range(num_classes)
+    }
 
 
 def _split(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from training.metadata import (
+    SERVE_ENDPOINT,
     InputSpec,
     ModelMetadata,
     checksum_tree,
@@ -27,7 +28,6 @@ from training.metadata import (
 
 logger = logging.getLogger(__name__)
 
-SERVE_ENDPOINT = "serve"
 MAX_PUBLISH_ATTEMPTS = 100
 
 #: An extra SavedModel endpoint: (name, function of the Keras model returning the endpoint's

@@ -18,6 +18,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 METADATA_FILE = "metadata.json"
+#: The SavedModel endpoint that classifies: float32 RGB pixels in, probabilities out.
+SERVE_ENDPOINT = "serve"
+#: Names of its input and output tensors, as the TF Serving and V2 protocols show them.
+SERVE_INPUT_NAME = "images"
+SERVE_OUTPUT_NAME = "probabilities"
 SCHEMA_VERSION = 1
 #: What every exported SavedModel takes on its ``serve`` endpoint: raw RGB pixels.
 SERVING_INPUT = "float32 RGB pixel values 0..255, shape (batch, any height, any width, 3)"
@@ -39,6 +44,26 @@ class InputSpec(BaseModel):
     serving_input: str = SERVING_INPUT
 
 
+class DataSummary(BaseModel):
+    """What a run trained on, stored as ``metadata.training["data"]`` (absent in older versions).
+
+    Read it back with :attr:`ModelMetadata.data_summary`.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str = Field(description="'sklearn:digits' or the --data folder")
+    files: int = Field(ge=0, description="image files found (by name) in the folder")
+    skipped_files: int = Field(ge=0, description="unreadable files skipped, each with a warning")
+    class_counts: dict[str, int] = Field(description="readable images per class, all splits")
+    imbalance_ratio: float = Field(ge=0, le=1, description="smallest class / largest class")
+    input_shape: list[int] = Field(description="height, width, channels of the network input")
+    input_shape_reason: str = Field(description="how the input shape was chosen")
+    class_weights: dict[str, float] | None = Field(
+        default=None, description="--class-weight balanced: loss weight per class"
+    )
+
+
 class ModelMetadata(BaseModel):
     """Everything a server or a person needs to know about one published version."""
 
@@ -52,7 +77,7 @@ class ModelMetadata(BaseModel):
     input: InputSpec
     arch: str
     parameter_count: int = Field(ge=0)
-    endpoints: list[str] = Field(default_factory=lambda: ["serve"])
+    endpoints: list[str] = Field(default_factory=lambda: [SERVE_ENDPOINT])
     training: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -61,6 +86,12 @@ class ModelMetadata(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def data_summary(self) -> DataSummary | None:
+        """The training data's :class:`DataSummary`, or None for versions published without one."""
+        raw = self.training.get("data")
+        return DataSummary.model_validate(raw) if isinstance(raw, dict) else None
 
 
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
