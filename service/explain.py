@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from service.inference import top_k
 from service.model_store import LoadedModel
@@ -28,6 +28,7 @@ __all__ = [
     "ExplainRunner",
     "colorize",
     "explain_image",
+    "network_input_image",
     "png_base64",
 ]
 
@@ -43,6 +44,7 @@ MAX_TILE_PX = 64
 GRID_DECIMALS = 3
 
 T = TypeVar("T")
+_CROP_OUTLINE = (0, 200, 255)  # cyan: not on the inferno map, visible on black and white
 
 # Anchor colours of matplotlib's "inferno" map at 0, 1/4, 1/2, 3/4, 1 (dark = cold, light = hot).
 _INFERNO = np.array(
@@ -129,11 +131,15 @@ def colorize(values: np.ndarray) -> np.ndarray:
     return np.asarray(np.round(rgb), dtype=np.uint8)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray) -> Image.Image:
+def overlay(
+    image: np.ndarray, heatmap: np.ndarray, crop: tuple[float, float, float, float] | None = None
+) -> Image.Image:
     """The heatmap (h, w, values 0..1) over ``image`` (H, W, 3, 0..255), scaled up for display.
 
-    The input is scaled with nearest-neighbour (its pixels are what the network saw), the
-    heatmap bilinearly; hot regions are opaque, cold ones let the image through.
+    The input is scaled with nearest-neighbour (its pixels are what the model received), the
+    heatmap bilinearly; hot regions are opaque, cold ones let the image through. ``crop``
+    (top, left, bottom, right as fractions of the image) outlines the part the network saw
+    after digit normalisation, in a thin cyan line (left out when it is the whole image).
     """
     height, width = image.shape[:2]
     factor = max(1, round(OVERLAY_TARGET_PX / max(height, width)))
@@ -145,7 +151,25 @@ def overlay(image: np.ndarray, heatmap: np.ndarray) -> Image.Image:
     heat_values = np.clip(np.asarray(heat), 0.0, 1.0)
     alpha = (0.15 + 0.6 * heat_values)[..., None]
     blended = np.asarray(base, dtype=np.float32) * (1.0 - alpha) + colorize(heat_values) * alpha
-    return Image.fromarray(np.round(blended).astype(np.uint8), "RGB")
+    result = Image.fromarray(np.round(blended).astype(np.uint8), "RGB")
+    if crop is not None and crop != (0.0, 0.0, 1.0, 1.0):
+        top, left, bottom, right = crop
+        box = (
+            round(left * size[0]),
+            round(top * size[1]),
+            round(right * size[0]) - 1,
+            round(bottom * size[1]) - 1,
+        )
+        ImageDraw.Draw(result).rectangle(box, outline=_CROP_OUTLINE, width=1)
+    return result
+
+
+def network_input_image(pixels: np.ndarray) -> Image.Image:
+    """The picture the network's first layer saw, (h, w, 1 or 3) 0..255, as an image."""
+    clipped = np.round(np.clip(pixels, 0.0, 255.0)).astype(np.uint8)
+    if clipped.shape[-1] == 1:
+        return Image.fromarray(clipped[..., 0], "L")
+    return Image.fromarray(clipped, "RGB")
 
 
 def _tile(values: np.ndarray) -> Image.Image:
@@ -208,6 +232,26 @@ def explain_image(
     probabilities = np.asarray(out["probabilities"], dtype=np.float32)[0]
     explained = int(np.asarray(out["class_index"])[0])
     class_names = model.metadata.class_names
+    # Versions published since digit normalisation also say what the network saw and which
+    # part of the image that was (older versions' endpoints lack these outputs).
+    crop: tuple[float, float, float, float] | None = None
+    if "crop_box" in out:
+        top, left, bottom, right = (float(v) for v in np.asarray(out["crop_box"])[0])
+        crop = (top, left, bottom, right)
+    gradcam: dict[str, Any] = {
+        "height": int(heatmap.shape[0]),
+        "width": int(heatmap.shape[1]),
+        "values": np.round(heatmap.astype(np.float64), GRID_DECIMALS).tolist(),
+        "overlay_png": png_base64(overlay(image, heatmap, crop)),
+    }
+    if crop is not None:
+        gradcam["crop"] = dict(
+            zip(("top", "left", "bottom", "right"), (round(v, 4) for v in crop), strict=True)
+        )
+    if "network_input" in out:
+        gradcam["network_input_png"] = png_base64(
+            network_input_image(np.asarray(out["network_input"], dtype=np.float32)[0])
+        )
 
     layers: list[dict[str, Any]] = []
     if model.has_endpoint(FEATURE_MAPS_ENDPOINT):
@@ -222,11 +266,6 @@ def explain_image(
             "index": explained,
             "score": round(float(probabilities[explained]), 6),
         },
-        "gradcam": {
-            "height": int(heatmap.shape[0]),
-            "width": int(heatmap.shape[1]),
-            "values": np.round(heatmap.astype(np.float64), GRID_DECIMALS).tolist(),
-            "overlay_png": png_base64(overlay(image, heatmap)),
-        },
+        "gradcam": gradcam,
         "feature_maps": layers,
     }

@@ -5,7 +5,9 @@ Every model is ONE flat Functional model with the serving contract built in:
 * input ``images``: float32 raw RGB pixel values in ``[0, 255]``, shape ``(batch, H, W, 3)``
   with any ``H`` and ``W``;
 * preprocessing layers (``grayscale`` when the model wants one channel, ``resize`` to the
-  model's ``H x W``, ``rescale`` to ``[0, 1]``), so serving cannot disagree with training;
+  model's ``H x W``, optionally ``normalize_digits`` (MNIST-style polarity, crop, scale and
+  centring, :mod:`training.normalization`), ``rescale`` to ``[0, 1]``), so serving cannot
+  disagree with training;
 * the architecture's layers, named ``conv1``, ``pool1``, ... ``fc6`` like the papers;
 * ``predictions``: a float32 softmax over ``num_classes`` (float32 even under mixed
   precision, where float16 softmax loses too much).
@@ -24,20 +26,25 @@ from typing import Any, Literal
 import keras
 
 from training import conv_math
+from training.arch_names import ARCHITECTURES
+from training.normalization import DigitJitter, NormalizeDigits
 
 __all__ = [
     "ARCHITECTURES",
     "InputTooSmallError",
+    "NormalizeDigits",
     "RGBToGrayscale",
     "UnknownArchitectureError",
     "build",
     "min_input_size",
 ]
 
-ARCHITECTURES: tuple[str, ...] = ("simple", "lenet5", "alexnet", "vgg16")
 
 # ITU-R BT.601 luma weights, the same numbers tf.image.rgb_to_grayscale uses.
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+#: Training-time shift of a normalised digit, fraction of the frame (2 pixels of 28).
+_DIGIT_JITTER = 0.07
 
 # Beyond this a "does not fit" search means a bug, not a big input requirement.
 _MAX_SEARCHED_SIZE = 4096
@@ -333,7 +340,13 @@ def _validate(input_shape: tuple[int, int, int], num_classes: int) -> tuple[int,
     return height, width, channels
 
 
-def build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def build(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    normalize_digits: bool = False,
+) -> keras.Model:
     """Build an untrained, uncompiled classifier.
 
     Args:
@@ -342,6 +355,10 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> ker
             channels 1 (grayscale) or 3 (RGB). Callers may send images of any size: the
             model resizes them to this.
         num_classes: number of output probabilities (>= 2).
+        normalize_digits: add the :class:`~training.normalization.NormalizeDigits` layer
+            (named ``normalize_digits``) after ``resize``: any polarity, size and position of
+            a digit is brought to MNIST's framing; then ``digit_jitter``, a random shift of
+            up to 2 pixels while training (identity when serving). Grayscale models only.
 
     Returns:
         A Functional model: float32 RGB images in ``[0, 255]``, shape ``(batch, H, W, 3)``,
@@ -350,10 +367,15 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> ker
     Raises:
         UnknownArchitectureError: unknown ``name``.
         InputTooSmallError: ``input_shape`` shrinks to nothing inside the network.
-        ValueError: malformed ``input_shape`` or ``num_classes``.
+        ValueError: malformed ``input_shape`` or ``num_classes``, or ``normalize_digits`` on
+            an RGB model.
     """
     specs = _specs(name)
     height, width, channels = _validate(input_shape, num_classes)
+    if normalize_digits and channels != 1:
+        raise ValueError(
+            f"digit normalisation works on grayscale models (channels 1), got {input_shape!r}"
+        )
     misfit = _first_misfit(specs, height, width)
     if misfit is not None:
         layer, err = misfit
@@ -369,6 +391,12 @@ def build(name: str, input_shape: tuple[int, int, int], num_classes: int) -> ker
         x = RGBToGrayscale(name="grayscale")(x)
     # Antialiasing matters when shrinking large photos: without it bilinear resize aliases.
     x = ResizeIfNeeded(height, width, interpolation="bilinear", antialias=True, name="resize")(x)
+    if normalize_digits:
+        x = NormalizeDigits(height, width, name="normalize_digits")(x)
+        # Training only (identity when serving): a digit up to 2 pixels off the exact centre,
+        # so the network does not learn where the frame's empty edges are (which otherwise
+        # also draws Grad-CAM heat onto the edges).
+        x = DigitJitter(_DIGIT_JITTER, _DIGIT_JITTER, fill_mode="constant", name="digit_jitter")(x)
     x = keras.layers.Rescaling(1.0 / 255, name="rescale")(x)
     for spec in specs:
         x = _make_layer(spec)(x)

@@ -11,6 +11,14 @@ cannot disagree with the model about preprocessing or layer names.
   the gradient of a saturated softmax probability is close to zero and numerically noisy.
 * ``feature_maps``: the activations of the first convolution layer(s).
 
+For a model with the digit normalisation layer (:mod:`training.normalization`), the network sees
+a cropped, scaled and centred copy of the image; ``gradcam`` carries its heatmap back through
+that crop, so the map lies over the image the caller sent (a small digit in a corner gets its
+heat in that corner), and also returns the crop and the normalised picture itself. There the
+map is taken relative to an empty frame: ``relu(sum_k alpha_k (A_k - A_k(blank)))``, so the
+activations every normalised digit shares (biases, the zero padding at the frame's edges, which
+plain Grad-CAM lights up because every training digit leaves the edges empty) draw no heat.
+
 Both take the ``serve`` input: float32 raw RGB pixels 0..255, shape ``(batch, any H, any W, 3)``.
 """
 
@@ -69,13 +77,23 @@ def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
     * ``heatmap``: float32 ``(N, h, w)`` at the last conv layer's resolution, each map scaled
       to 0..1 by its own maximum (all zeros when nothing speaks for the class);
     * ``probabilities``: float32 ``(N, num_classes)``, the same numbers ``serve`` returns;
-    * ``class_index``: int32 ``(N,)``, the class each map explains.
+    * ``class_index``: int32 ``(N,)``, the class each map explains;
+    * ``crop_box``: float32 ``(N, 4)``, the part of the image the network saw, as fractions of
+      its height and width ``(top, left, bottom, right)`` (``(0, 0, 1, 1)`` without digit
+      normalisation; beyond 0..1 where the crop was padded);
+    * ``network_input``: float32 ``(N, h', w', c)``, the picture the first conv layer saw,
+      0..255 (after resizing and, where the model has it, digit normalisation).
+
+    With digit normalisation, the heatmap's ``(h, w)`` grid covers the whole input image (the
+    map is carried back through the crop), not the normalised frame.
 
     Raises:
         ValueError: the model has no Conv2D layer.
     """
     import keras
     import tensorflow as tf
+
+    from training.normalization import NormalizeDigits, crop_boxes, heatmap_to_input
 
     convs = conv_layers(model)
     if not convs:
@@ -84,13 +102,23 @@ def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
     head = _softmax_head(model)
     # With a softmax head, stop at its input and apply the kernel ourselves to get the logits.
     score_source = head.input if head is not None else model.output
-    grad_model = keras.Model(model.inputs, [last_conv.output, score_source], name="gradcam")
+    normalizer = next((lay for lay in model.layers if isinstance(lay, NormalizeDigits)), None)
+    # The picture the network works on, 0..255 (the rescaling layer's input when there is one),
+    # and what the crop is computed from (the normalisation layer's input: the model's size).
+    rescale = next((lay for lay in model.layers if lay.name == "rescale"), None)
+    seen = rescale.input if rescale is not None else convs[0].input
+    cropped_from = normalizer.input if normalizer is not None else seen
+    grad_model = keras.Model(
+        model.inputs,
+        [last_conv.output, score_source, seen, cropped_from],
+        name="gradcam",
+    )
     num_classes = int(model.output.shape[-1])
 
     def gradcam(images: Any, class_index: Any) -> dict[str, Any]:
         with tf.GradientTape() as tape:
             # The conv kernels are variables, so the tape records everything downstream of them.
-            raw_activations, features = grad_model(images, training=False)
+            raw_activations, features, network_input, source = grad_model(images, training=False)
             features = tf.cast(features, tf.float32)
             if head is not None:
                 kernel = tf.cast(head.kernel, tf.float32)
@@ -118,10 +146,34 @@ def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
         activations = tf.cast(raw_activations, tf.float32)
         # alpha_k: the class score's sensitivity to each channel, averaged over positions.
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        if normalizer is not None:
+            # Relative to an empty frame (what the normaliser makes of a blank sheet): the
+            # activations every digit shares (biases, the zero padding at the frame's edges)
+            # then draw no heat, and the map shows what the ink itself contributes.
+            blank_activations = grad_model(tf.zeros_like(images[:1]), training=False)[0]
+            activations -= tf.cast(blank_activations, tf.float32)
         cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
+        size = tf.shape(source)[1:3]
+        size_f = tf.cast(size, tf.float32)
+        batch = tf.shape(cam)[0]
+        if normalizer is not None:
+            transforms = normalizer.transforms(source)
+            cam = heatmap_to_input(cam, transforms, size, normalizer.frame)
+            box = crop_boxes(transforms, normalizer.frame)  # pixel centres, inclusive
+            half = transforms[:, 0:1] / 2.0  # half an output pixel, in input pixels
+            edges = box + tf.concat([-half, -half, half, half], axis=1)
+            crop = edges / tf.concat([size_f, size_f], axis=0)[None, :]
+        else:
+            crop = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         heatmap = tf.where(peak > _EPSILON, cam / tf.maximum(peak, _EPSILON), tf.zeros_like(cam))
-        return {"heatmap": heatmap, "probabilities": probabilities, "class_index": chosen}
+        return {
+            "heatmap": heatmap,
+            "probabilities": probabilities,
+            "class_index": chosen,
+            "crop_box": crop,
+            "network_input": tf.cast(network_input, tf.float32),
+        }
 
     signature = [
         _image_spec(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import time
@@ -225,3 +226,108 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path) -> None:
     # The resumed run starts where the backup left off instead of at epoch 0 again.
     assert epochs[-1] == done_epochs + 1
     assert epochs.count(0) == 1
+
+
+# -- fast, quiet user errors and --help ----------------------------------------------------------
+
+#: Runs the CLI as ``python training/train.py ARGS`` would, then reports on stderr whether
+#: TensorFlow (or Keras, which imports it) had been imported by the time the CLI exited.
+_IMPORT_PROBE = """
+import runpy, sys
+sys.argv = ["training/train.py", *sys.argv[1:]]
+try:
+    runpy.run_path("training/train.py", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+print(f"PROBE exit={code} imported={','.join(heavy) or 'none'}", file=sys.stderr)
+"""
+#: TensorFlow's C++ lines: absl's "I0000 00:00:..." records and its pre-init banner.
+_TF_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:|absl::InitializeLog|cuda|cuInit", re.M | re.I)
+
+
+def _user_env() -> dict[str, str]:
+    """The environment of a user who never heard of TF_CPP_MIN_LOG_LEVEL."""
+    env = quiet_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+def _probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-c", _IMPORT_PROBE, *args],
+        cwd=ROOT,
+        env=_user_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--arch", "resnet"],
+            "train.py: error: argument --arch: unknown architecture 'resnet'; "
+            "choose one of: simple, lenet5, alexnet, vgg16",
+        ),
+        (
+            ["--data", "/nonexistent/folder"],
+            "error: data folder /nonexistent/folder does not exist",
+        ),
+        (
+            ["--distribute", "multi-worker"],
+            "error: --distribute multi-worker needs TF_CONFIG",
+        ),
+    ],
+)
+def test_user_mistakes_are_reported_before_tensorflow_is_imported(
+    args: list[str], error: str
+) -> None:
+    done = _probe(*args)
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1] == "PROBE exit=2 imported=none", done.stderr[-3000:]
+    assert lines[-2].startswith(error), done.stderr[-3000:]
+    assert not _TF_LINE.search(done.stderr), done.stderr[-3000:]
+    assert done.stdout == ""
+
+
+def test_tensorflow_start_up_lines_stay_out_of_the_default_output() -> None:
+    """A run that does import TensorFlow (the layer table) prints its table and nothing else."""
+    done = _probe("--describe", "--arch", "lenet5")
+    assert done.stderr.strip() == "PROBE exit=0 imported=keras,tensorflow", done.stderr[-3000:]
+    assert "61,706" in done.stdout or "61706" in done.stdout
+
+
+def test_help_shows_each_default_once_and_the_choices() -> None:
+    done = subprocess.run(
+        [PYTHON, "training/train.py", "--help"],
+        cwd=ROOT,
+        env=_user_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())  # argparse wraps lines anywhere
+    assert "(default: None)" not in text
+    assert "(default: False)" not in text
+    assert "--arch {simple,lenet5,alexnet,vgg16}" in text
+    for flag, default in [
+        ("--epochs EPOCHS", "(default: 20)"),
+        ("--batch-size BATCH_SIZE", "(default: 64)"),
+        ("--learning-rate LEARNING_RATE", "(default: 0.001)"),
+        ("--models-dir MODELS_DIR", "(default: models)"),
+        ("--arch {simple,lenet5,alexnet,vgg16}", "(default: simple)"),
+    ]:
+        entry = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert entry.count("default") == 1 and entry.endswith(default), (flag, entry)
+    for flag in ("--data DATA", "--input-shape INPUT_SHAPE", "--test-split TEST_SPLIT"):
+        entry = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert entry.count("default") == 1, (flag, entry)
+    verbose = text.split(" --verbose {0,1,2} ", 1)[1]
+    assert "0 silent" in verbose and "TensorFlow's own start-up log" in verbose
