@@ -15,13 +15,15 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Collection, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, multiprocess
 from pydantic import ValidationError
 
-from service.settings import Settings
+from service.settings import Settings, env_name
+from service.tf_log import min_log_level, start_background_import
 
 #: Exit code when the server could not start (uvicorn's own value).
 STARTUP_FAILURE = 3
@@ -67,6 +69,44 @@ def metrics_registry(own: CollectorRegistry | None) -> CollectorRegistry:
     return registry
 
 
+#: Settings whose value an error message must not repeat.
+SECRET_SETTINGS = frozenset({"api_keys"})
+
+
+def settings_errors(exc: ValidationError, flags_given: Collection[str] = ()) -> list[str]:
+    """One line per problem, naming what the user set: ``--port 70000`` for a flag in
+    ``flags_given`` (settings names), ``IMGCLS_MAX_QUEUE_SIZE=0`` for an environment variable,
+    never the internal field name."""
+    flag_of = {field: "--" + field.replace("_", "-") for field in flags_given}
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        loc = [str(part) for part in error["loc"]]
+        if not loc:  # a check across settings: its message names the environment variables
+            for field, flag in flag_of.items():
+                message = message.replace(f"{env_name(field)}=", f"{flag} ")
+                message = message.replace(env_name(field), flag)
+            lines.append(message)
+            continue
+        field, rest = loc[0], "".join(f"[{part}]" for part in loc[1:])
+        value = "" if field in SECRET_SETTINGS else error.get("input")
+        if field in flag_of:
+            where = f"{flag_of[field]} {value}".rstrip()
+        else:
+            where = f"{env_name(field)}={value}" if value != "" else env_name(field)
+        lines.append(f"{where}{rest}: {message}")
+    return lines
+
+
+def quiet_tensorflow(log_level: str, environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep TensorFlow's C++ log (``failed call to cuInit`` on every CPU start, CPU-feature
+    notes) out of the service's log: ``TF_CPP_MIN_LOG_LEVEL=3`` before TensorFlow is imported,
+    in this process and (through the environment) in every worker. A value the user set wins;
+    ``--log-level debug`` leaves TensorFlow's own default (everything)."""
+    if log_level.lower() != "debug":
+        environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for flag, env in FLAG_TO_ENV.items():
@@ -76,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "settings"
-            print(f"error: {where}: {error['msg']}", file=sys.stderr)
+        given = [flag for flag in FLAG_TO_ENV if getattr(args, flag) is not None]
+        for line in settings_errors(exc, given):
+            print(f"error: {line}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(settings.log_level)
 
     from service.server import DrainingServer, ServiceConfig, start_metrics_server, uvicorn_options
 
@@ -129,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         if settings.metrics_port
         else None
     )
+    if min_log_level() > 0:
+        # TensorFlow loads while the server starts, its start-up lines filtered (service.tf_log).
+        start_background_import()
     try:
         server.run()
     finally:

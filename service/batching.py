@@ -1,9 +1,10 @@
 """Dynamic batching of model calls: a bounded queue, one batcher task, one model thread.
 
-Request handlers call :meth:`Batcher.submit` with one decoded payload and await its result. A single
-batcher task (on the event loop) groups queued payloads into batches of at most ``max_batch_size``
-and hands each batch to ``batch_fn`` in ONE dedicated thread, one call at a time. Results are
-delivered to the waiting futures on the event loop thread.
+Request handlers call :meth:`Batcher.submit_many` with the decoded payloads of one request (or
+:meth:`Batcher.submit` with one payload) and await the results. A single batcher task (on the
+event loop) groups queued payloads into batches of at most ``max_batch_size`` and hands each
+batch to ``batch_fn`` in ONE dedicated thread, one call at a time. Results are delivered to the
+waiting futures on the event loop thread.
 
 Latency policy (after Ray Serve's ``_BatchQueue`` and TF Serving's batch scheduler):
 
@@ -12,8 +13,11 @@ Latency policy (after Ray Serve's ``_BatchQueue`` and TF Serving's batch schedul
 * ``batch_timeout_s`` (may be 0) bounds an optional extra wait for a fuller batch, counted from the
   oldest queued item's enqueue time. That wait overlaps with the running batch (pipelining), so it
   only costs latency when the model is idle.
-* The queue is bounded (``max_queue_size``): a full queue rejects at once with
-  :class:`QueueFullError` instead of growing latency without bound.
+* The queue is bounded (``max_queue_size`` items): a request whose payloads do not all fit is
+  rejected at once, whole, with :class:`QueueFullError` instead of growing latency without bound.
+  The payloads of one request are queued together or not at all.
+* A refused request counts as ONE rejection (``BatchObserver.rejected``), however many payloads
+  it had.
 * Every item has a deadline (enqueue time + ``timeout_s``). An item whose deadline passed before its
   batch formed is never computed; a result that arrives after the deadline is dropped.
 
@@ -88,7 +92,8 @@ class BatchObserver(Protocol):
         """A batch finished after ``duration_s`` seconds of model time; ``error`` if it failed."""
 
     def rejected(self, reason: str) -> None:
-        """A request was refused: ``"queue_full"``, ``"deadline"`` or ``"shutting_down"``."""
+        """A request was refused, once per request whatever its number of payloads:
+        ``"queue_full"``, ``"deadline"`` or ``"shutting_down"``."""
 
 
 class _NullObserver:
@@ -108,13 +113,21 @@ class _NullObserver:
 
 
 @dataclass(eq=False, slots=True)
+class _Request:
+    """What the payloads of one submit call share, so that its failure is counted once."""
+
+    settled: bool = False  # it already failed (and, if it was a rejection, was counted)
+
+
+@dataclass(eq=False, slots=True)
 class _Item(Generic[T, R]):
-    """One queued request. ``eq=False`` keeps identity hashing, so items can key the queue."""
+    """One queued payload. ``eq=False`` keeps identity hashing, so items can key the queue."""
 
     payload: T
     future: asyncio.Future[R]
     enqueued_at: float  # loop.time(), seconds
     deadline: float  # loop.time(), seconds
+    request: _Request
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +175,8 @@ def _check_seconds(name: str, value: float, *, allow_zero: bool) -> None:
 
 
 class Batcher(Generic[T, R]):
-    """Groups concurrent :meth:`submit` calls into batches for one synchronous ``batch_fn``.
+    """Groups concurrent :meth:`submit_many` / :meth:`submit` calls into batches for one
+    synchronous ``batch_fn``.
 
     Args:
         batch_fn: Synchronous model call, run in the batcher's own thread with 1 to
@@ -170,8 +184,9 @@ class Batcher(Generic[T, R]):
         max_batch_size: Largest batch handed to ``batch_fn`` (items, >= 1).
         batch_timeout_s: Longest extra wait for a fuller batch, in seconds (>= 0), counted from the
             enqueue time of the oldest queued item. 0 means never wait: run what is queued.
-        max_queue_size: Most items waiting for a batch (>= 1); beyond it submit raises
-            :class:`QueueFullError`. Items in the running batch do not count.
+        max_queue_size: Most items (payloads) waiting for a batch (>= 1); a request whose
+            payloads do not all fit raises :class:`QueueFullError`. Items in the running batch
+            do not count.
         observer: Metrics hooks; see :class:`BatchObserver`.
         name: Used in the thread name, the task name and log messages.
 
@@ -244,21 +259,41 @@ class Batcher(Generic[T, R]):
         )
 
     async def submit(self, payload: T, *, timeout_s: float) -> R:
-        """Queue ``payload`` for the next batch and return its output.
+        """Queue one ``payload`` for the next batch and return its output.
+
+        The same as ``(await submit_many([payload], timeout_s=timeout_s))[0]``; see
+        :meth:`submit_many` for the arguments and errors.
+        """
+        return (await self.submit_many((payload,), timeout_s=timeout_s))[0]
+
+    async def submit_many(self, payloads: Sequence[T], *, timeout_s: float) -> list[R]:
+        """Queue the payloads of ONE request together and return their outputs, in order.
+
+        Either every payload is queued or none is: a request that does not fit the free queue
+        slots is refused whole, at once. The request is answered as a unit: the first payload
+        that fails (deadline, shutdown, model error) fails the call, and the others are taken
+        out of the queue (or their results dropped). A refused request is reported to the
+        observer ONCE (``rejected(reason)``), whatever its number of payloads.
 
         Args:
-            payload: One model input.
-            timeout_s: Seconds (> 0) from now until the deadline: the item is not computed if its
-                batch has not formed by then, and this call stops waiting at the deadline.
+            payloads: The model inputs of one request (at least one).
+            timeout_s: Seconds (> 0) from now until the request's deadline: a payload is not
+                computed if its batch has not formed by then, and this call stops waiting at the
+                deadline.
 
         Raises:
-            QueueFullError: the queue is full (raised at once, without waiting).
-            DeadlineExceededError: the deadline passed before the result arrived.
+            QueueFullError: the free queue slots cannot hold every payload (raised at once,
+                without waiting; nothing was queued).
+            DeadlineExceededError: the deadline passed before every result arrived.
             ShuttingDownError: :meth:`stop` was called.
-            BatchFunctionError: the model call for this item's batch failed.
+            BatchFunctionError: the model call for one of the payloads' batches failed.
+            ValueError: no payloads, or ``timeout_s`` is not a positive number of seconds.
             RuntimeError: the batcher was not started, or is used from another event loop.
         """
         _check_seconds("timeout_s", timeout_s, allow_zero=False)
+        count = len(payloads)
+        if count == 0:
+            raise ValueError("submit_many needs at least one payload")
         if self._closing:
             self._notify(self._observer.rejected, "shutting_down")
             raise ShuttingDownError(f"batcher {self._name!r} is shutting down")
@@ -267,43 +302,64 @@ class Batcher(Generic[T, R]):
             raise RuntimeError(f"batcher {self._name!r} was not started")
         if asyncio.get_running_loop() is not loop:
             raise RuntimeError(f"batcher {self._name!r} belongs to another event loop")
-        if len(self._queue) >= self._max_queue_size:
+        if len(self._queue) + count > self._max_queue_size:
             self._notify(self._observer.rejected, "queue_full")
+            if count > self._max_queue_size:
+                raise QueueFullError(
+                    f"a request of {count} items can never fit batcher {self._name!r}'s queue "
+                    f"({self._max_queue_size} items)"
+                )
             raise QueueFullError(
                 f"batcher {self._name!r} queue is full ({self._max_queue_size} items)"
             )
 
         now = loop.time()
-        future: asyncio.Future[R] = loop.create_future()
-        item: _Item[T, R] = _Item(payload, future, now, now + timeout_s)
-        self._queue[item] = None
+        request = _Request()
+        items: list[_Item[T, R]] = [
+            _Item(payload, loop.create_future(), now, now + timeout_s, request)
+            for payload in payloads
+        ]
+        for item in items:
+            self._queue[item] = None
         self._notify(self._observer.queue_depth, len(self._queue))
         self._wakeup.set()
 
+        futures = [item.future for item in items]
         try:
-            # asyncio.wait neither raises on timeout nor cancels the future, so we decide below.
-            done, _ = await asyncio.wait((future,), timeout=timeout_s)
-        except asyncio.CancelledError:
-            # The client went away: free the slot now, and make sure the batch skips the item.
-            self._discard(item)
-            if future.done():
-                if not future.cancelled():
-                    future.exception()  # mark retrieved: nobody else will read it
-            else:
-                future.cancel()
-            raise
-        if not done:
-            # Deadline: whether still queued or in the running batch, answer now; a late result
-            # is dropped because _execute never touches a done future.
-            self._discard(item)
-            self._reject(
-                item,
-                DeadlineExceededError(
-                    f"no result from batcher {self._name!r} within {timeout_s:g} s"
-                ),
-                "deadline",
+            # asyncio.wait neither raises on timeout nor cancels the futures, so we decide below.
+            # FIRST_EXCEPTION: one failed payload fails the request, no need to wait for the rest.
+            _, pending = await asyncio.wait(
+                futures, timeout=timeout_s, return_when=asyncio.FIRST_EXCEPTION
             )
-        return future.result()
+        except asyncio.CancelledError:
+            # The client went away: free the slots now, and make sure no batch computes them.
+            self._abandon(items)
+            raise
+        if pending:
+            if any(f.done() and not f.cancelled() and f.exception() for f in futures):
+                self._abandon(items)  # another payload failed: the rest is not needed
+            else:
+                # Deadline: whether still queued or in the running batch, answer now; a late
+                # result is dropped because _execute never touches a done future.
+                for item in items:
+                    self._discard(item)
+                    self._reject(
+                        item,
+                        DeadlineExceededError(
+                            f"no result from batcher {self._name!r} within {timeout_s:g} s"
+                        ),
+                        "deadline",
+                    )
+        error: BaseException | None = None
+        for future in futures:
+            if future.cancelled():
+                continue
+            exc = future.exception()  # also marks it retrieved
+            if exc is not None and error is None:
+                error = exc
+        if error is not None:
+            raise error
+        return [future.result() for future in futures]
 
     async def stop(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
         """Stop accepting requests, then stop the batcher task and the model thread.
@@ -517,6 +573,8 @@ class Batcher(Generic[T, R]):
                 item.future.set_result(output)
 
     def _fail_batch(self, batch: list[_Item[T, R]], error: BaseException) -> None:
+        """Fail every unanswered item of ``batch`` with a :class:`BatchFunctionError`; a model
+        failure is not a rejection, so the requests are settled without being counted."""
         if isinstance(error, BatchFunctionError):  # wrong number of outputs: no cause to chain
             message, cause = str(error), None
         else:
@@ -535,6 +593,7 @@ class Batcher(Generic[T, R]):
                 item_error = BatchFunctionError(message)
                 item_error.__cause__ = cause
                 item.future.set_exception(item_error)
+                item.request.settled = True
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -544,12 +603,29 @@ class Batcher(Generic[T, R]):
             del self._queue[item]
             self._notify(self._observer.queue_depth, len(self._queue))
 
+    def _abandon(self, items: Sequence[_Item[T, R]]) -> None:
+        """Take a request's unanswered items out of the queue and cancel them (not counted)."""
+        for item in items:
+            self._discard(item)
+            future = item.future
+            if future.done():
+                if not future.cancelled():
+                    future.exception()  # mark retrieved: nobody else will read it
+            else:
+                future.cancel()
+        if items:
+            items[0].request.settled = True
+
     def _reject(self, item: _Item[T, R], error: BatchingError, reason: str) -> None:
-        """Fail ``item`` with ``error`` unless it already has an answer; count it once."""
+        """Fail ``item`` with ``error`` unless it already has an answer; the first rejection of
+        a request is reported, once per request (not per item)."""
         if item.future.done():
             return
         item.future.set_exception(error)
-        self._notify(self._observer.rejected, reason)
+        request = item.request
+        if not request.settled:
+            request.settled = True
+            self._notify(self._observer.rejected, reason)
 
     def _fail_queued(self, why: str) -> None:
         if not self._queue:

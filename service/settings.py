@@ -9,11 +9,19 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: Every setting ``x_y`` is read from the environment variable ``IMGCLS_X_Y``.
+ENV_PREFIX = "IMGCLS_"
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting: ``max_queue_size`` -> ``IMGCLS_MAX_QUEUE_SIZE``."""
+    return ENV_PREFIX + field.upper()
+
 
 class Settings(BaseSettings):
     """Every knob of the service. Units are in the names: ``_s`` seconds, ``_bytes`` bytes."""
 
-    model_config = SettingsConfigDict(env_prefix="IMGCLS_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -124,12 +132,22 @@ class Settings(BaseSettings):
             raise ValueError("must be a finite number of seconds")
         return value
 
+    def _named(self, field: str) -> str:
+        """``IMGCLS_X=value`` for a setting the user gave, ``IMGCLS_X (default value)`` else:
+        an error names what the user can change, not an internal field."""
+        value = getattr(self, field)
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        if field in self.model_fields_set:
+            return f"{env_name(field)}={shown}"
+        return f"{env_name(field)} (default {shown})"
+
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> Settings:
         if self.max_queue_size < self.max_batch_size:
             raise ValueError(
-                f"max_queue_size ({self.max_queue_size}) must be >= "
-                f"max_batch_size ({self.max_batch_size})"
+                f"{self._named('max_queue_size')} must be >= "
+                f"{self._named('max_batch_size')}: the queue must hold a full batch; raise "
+                f"{env_name('max_queue_size')} or lower {env_name('max_batch_size')}"
             )
         return self
 
@@ -137,8 +155,9 @@ class Settings(BaseSettings):
     def _delay_within_grace(self) -> Settings:
         if self.shutdown_delay_s >= self.shutdown_grace_s:
             raise ValueError(
-                f"shutdown_delay_s ({self.shutdown_delay_s:g}) must be shorter than "
-                f"shutdown_grace_s ({self.shutdown_grace_s:g}): the delay is part of the grace"
+                f"{self._named('shutdown_delay_s')} must be shorter than "
+                f"{self._named('shutdown_grace_s')}: the delay is part of the grace; lower "
+                f"{env_name('shutdown_delay_s')} or raise {env_name('shutdown_grace_s')}"
             )
         return self
 

@@ -10,7 +10,9 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -177,3 +179,64 @@ def test_overload_loses_nothing_and_recovers(stress_server: Server) -> None:
     )
     assert response.status_code == 200 and time.monotonic() - started < 2.0
     assert predict_scores(response.json()) == pytest.approx(reference[0], abs=1e-3)
+
+
+#: One image per model call and room for four queued images: a few multi-image requests at once
+#: already overflow it.
+TINY_QUEUE_SETTINGS = {
+    **STRESS_SETTINGS,
+    "max_batch_size": "1",
+    "max_queue_size": "4",
+    "request_timeout_s": "60",  # no deadlines here: every refusal is a full queue
+}
+IMAGES_PER_REQUEST = 3
+MULTI_IMAGE_REQUESTS = 24
+
+
+async def _multi_image_burst(url: str) -> list[httpx.Response]:
+    """MULTI_IMAGE_REQUESTS requests of IMAGES_PER_REQUEST images at once, plus one request of
+    five images, more than the whole queue holds."""
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+
+        async def post(first: int, count: int) -> httpx.Response:
+            files = [
+                ("file", (f"img-{i}.png", IMAGES[i % len(IMAGES)], "image/png"))
+                for i in range(first, first + count)
+            ]
+            return await client.post("/predict", files=files)
+
+        requests = [post(n, IMAGES_PER_REQUEST) for n in range(MULTI_IMAGE_REQUESTS)]
+        return list(await asyncio.gather(*requests, post(0, 5)))
+
+
+def test_queue_full_counts_refused_requests_not_images(
+    stress_repo: Path, server_factory: Callable[..., Server]
+) -> None:
+    """imgcls_rejected_requests_total{reason="queue_full"} grows by one per refused request,
+    however many images it carried (the issue saw 17 for 5 refused requests)."""
+    server = server_factory(stress_repo, **TINY_QUEUE_SETTINGS)
+    before = metrics_text(server)
+    responses = asyncio.run(_multi_image_burst(server.url))
+    after = metrics_text(server)
+
+    statuses = Counter(response.status_code for response in responses)
+    refused = [response for response in responses if response.status_code == 503]
+    print(f"\n{len(responses)} requests of {IMAGES_PER_REQUEST} images: statuses {dict(statuses)}")
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= 1 and len(refused) >= 2, statuses
+    for response in refused:
+        assert response.headers["retry-after"] == "1"
+        assert "queue" in response.json()["detail"]
+    assert responses[-1].status_code == 503  # five images never fit a queue of four
+    for response in responses:
+        if response.status_code == 200:
+            assert len(response.json()["results"]) in (IMAGES_PER_REQUEST, 5)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, labels) - metric_value(before, name, labels)
+
+    assert delta("imgcls_rejected_requests_total", reason="queue_full") == len(refused)
+    assert delta("imgcls_requests_total", route="/predict", code="503") == len(refused)
+    assert delta("imgcls_predictions_total") == IMAGES_PER_REQUEST * statuses[200]
+    assert metric_value(after, "imgcls_batch_queue_depth") == 0

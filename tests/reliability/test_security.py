@@ -121,6 +121,11 @@ def test_cors_allows_only_the_configured_origin(locked_server: tuple[Server, int
     )
     assert other.status_code == 400
     assert "access-control-allow-origin" not in other.headers
+    # JSON like every other error, saying what is allowed and which setting allows more.
+    assert other.headers["content-type"] == "application/json"
+    detail = other.json()["detail"]
+    assert "'https://evil.example' is not allowed" in detail
+    assert f"allowed origins: {ORIGIN}" in detail and "IMGCLS_CORS_ORIGINS" in detail
     simple = httpx.get(
         server.url + "/healthz", headers={"Origin": "https://evil.example"}, timeout=10
     )

@@ -134,10 +134,13 @@ def test_work_left_when_the_grace_period_ends_is_answered_503(
 @pytest.mark.parametrize(
     ("env", "words"),
     [
-        ({"IMGCLS_SHUTDOWN_DELAY_S": "30", "IMGCLS_SHUTDOWN_GRACE_S": "20"}, "shutdown_delay_s"),
-        ({"IMGCLS_HEADER_TIMEOUT_S": "0"}, "header_timeout_s"),
-        ({"IMGCLS_BODY_TIMEOUT_S": "inf"}, "body_timeout_s"),
-        ({"IMGCLS_MAX_HEADER_BYTES": "10"}, "max_header_bytes"),
+        (
+            {"IMGCLS_SHUTDOWN_DELAY_S": "30", "IMGCLS_SHUTDOWN_GRACE_S": "20"},
+            "IMGCLS_SHUTDOWN_DELAY_S",
+        ),
+        ({"IMGCLS_HEADER_TIMEOUT_S": "0"}, "IMGCLS_HEADER_TIMEOUT_S"),
+        ({"IMGCLS_BODY_TIMEOUT_S": "inf"}, "IMGCLS_BODY_TIMEOUT_S"),
+        ({"IMGCLS_MAX_HEADER_BYTES": "10"}, "IMGCLS_MAX_HEADER_BYTES"),
     ],
 )
 def test_nonsense_limits_are_refused_at_start(env: dict[str, str], words: str) -> None:

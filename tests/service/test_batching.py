@@ -675,3 +675,151 @@ def test_invalid_submit_timeout_is_rejected(timeout_s: float) -> None:
 
     run(body())
     assert model.calls == 0
+
+
+# -- submit_many: the images of one request, queued and counted as one ------------------------
+
+
+def test_submit_many_queues_a_request_whole_or_refuses_it_whole() -> None:
+    model = FakeModel()
+    model.hold()
+    observer = RecordingObserver()
+
+    async def body() -> None:
+        async with started_batcher(
+            model, max_batch_size=1, max_queue_size=4, observer=observer
+        ) as batcher:
+            running = spawn(batcher.submit(0, timeout_s=10))
+            await wait_until(lambda: model.calls == 1)
+            first = spawn(batcher.submit_many([1, 2, 3], timeout_s=10))
+            await wait_until(lambda: batcher.queue_depth == 3)
+
+            # Two images, one free slot: nothing of the request is queued, and it counts once.
+            with pytest.raises(QueueFullError, match="queue is full"):
+                await asyncio.wait_for(batcher.submit_many([4, 5], timeout_s=10), PROMPT_S)
+            assert batcher.queue_depth == 3
+            assert observer.rejections == ["queue_full"]
+            # Larger than the whole queue: refused at once, with a message that says so.
+            with pytest.raises(QueueFullError, match="5 items can never fit"):
+                await batcher.submit_many([6, 7, 8, 9, 10], timeout_s=10)
+            assert observer.rejections == ["queue_full", "queue_full"]
+            last = spawn(batcher.submit_many([11], timeout_s=10))  # fits the last slot
+            await wait_until(lambda: batcher.queue_depth == 4)
+
+            model.release()
+            assert await running == 0
+            assert await first == [10, 20, 30]
+            assert await last == [110]
+
+    run(body())
+    assert model.computed == [0, 1, 2, 3, 11]
+    assert observer.depths[:3] == [1, 0, 3]  # a request's images arrive in the queue together
+
+
+def test_submit_many_deadline_counts_one_rejection_and_computes_nothing() -> None:
+    model = FakeModel()
+    model.hold()
+    observer = RecordingObserver()
+
+    async def body() -> None:
+        async with started_batcher(model, max_batch_size=1, observer=observer) as batcher:
+            running = spawn(batcher.submit(0, timeout_s=10))
+            await wait_until(lambda: model.calls == 1)
+            with pytest.raises(DeadlineExceededError):
+                await batcher.submit_many([1, 2, 3], timeout_s=0.05)
+            assert batcher.queue_depth == 0  # every slot of the request was freed
+            model.release()
+            assert await running == 0
+            assert await batcher.submit_many([4, 5], timeout_s=10) == [40, 50]
+
+    run(body())
+    assert model.computed == [0, 4, 5]
+    assert observer.rejections == ["deadline"]
+
+
+def test_submit_many_shutdown_counts_one_rejection_per_request() -> None:
+    model = FakeModel()
+    model.hold()
+    observer = RecordingObserver()
+
+    async def body() -> None:
+        async with started_batcher(model, max_batch_size=1, observer=observer) as batcher:
+            running = spawn(batcher.submit(0, timeout_s=10))
+            await wait_until(lambda: model.calls == 1)
+            queued = [spawn(batcher.submit_many([i, i + 1, i + 2], timeout_s=10)) for i in (1, 4)]
+            await wait_until(lambda: batcher.queue_depth == 6)
+
+            stopping = spawn(batcher.stop(drain=False))
+            for task in queued:
+                with pytest.raises(ShuttingDownError):
+                    await task
+            model.release()
+            await stopping
+            assert await running == 0
+            with pytest.raises(ShuttingDownError):
+                await batcher.submit_many([7, 8], timeout_s=10)
+
+    run(body())
+    assert model.computed == [0]
+    assert observer.rejections == ["shutting_down"] * 3  # two queued requests, one late one
+
+
+def test_submit_many_model_failure_fails_the_request_without_a_rejection() -> None:
+    model = FakeModel(fail_if_negative=True)
+    model.hold()
+    observer = RecordingObserver()
+
+    async def body() -> None:
+        async with started_batcher(model, max_batch_size=1, observer=observer) as batcher:
+            request = spawn(batcher.submit_many([-1, 2, 3, 4], timeout_s=10))
+            await wait_until(lambda: model.calls == 1 and batcher.queue_depth == 3)
+            model.release()
+            with pytest.raises(BatchFunctionError, match="negative payload"):
+                await request
+            assert batcher.queue_depth == 0  # the rest of the request left the queue
+            assert await batcher.submit_many([5], timeout_s=10) == [50]
+
+    run(body())
+    # The next batch may already have started when the failure arrived; nothing after it did.
+    assert 3 not in model.computed and 4 not in model.computed
+    assert observer.rejections == []
+
+
+def test_cancelled_submit_many_frees_every_slot() -> None:
+    model = FakeModel()
+    model.hold()
+    observer = RecordingObserver()
+
+    async def body() -> None:
+        async with started_batcher(
+            model, max_batch_size=1, max_queue_size=3, observer=observer
+        ) as batcher:
+            running = spawn(batcher.submit(0, timeout_s=10))
+            await wait_until(lambda: model.calls == 1)
+            abandoned = spawn(batcher.submit_many([1, 2, 3], timeout_s=10))
+            await wait_until(lambda: batcher.queue_depth == 3)
+            abandoned.cancel()  # the client disconnected
+            with pytest.raises(asyncio.CancelledError):
+                await abandoned
+            assert batcher.queue_depth == 0
+            replacement = spawn(batcher.submit_many([4, 5, 6], timeout_s=10))
+            await wait_until(lambda: batcher.queue_depth == 3)
+            model.release()
+            assert await running == 0
+            assert await replacement == [40, 50, 60]
+
+    run(body())
+    assert model.computed == [0, 4, 5, 6]
+    assert observer.rejections == []
+
+
+def test_submit_many_needs_a_payload() -> None:
+    model = FakeModel()
+
+    async def body() -> None:
+        async with started_batcher(model) as batcher:
+            with pytest.raises(ValueError, match="at least one payload"):
+                await batcher.submit_many([], timeout_s=1)
+
+    run(body())
+    assert model.calls == 0
