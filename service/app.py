@@ -15,25 +15,24 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batching import Batcher
+from service.cors import JSONCORSMiddleware
 from service.errors import ClientError
-from service.inference import make_batch_fn
 from service.metrics import ServiceMetrics
-from service.model_store import ModelStore
-from service.routes import explain, health, metrics, models, page, predict, report
+from service.pipeline import SCOPE_MODEL_KEY
+from service.protocols import error_body
+from service.repository import ModelRepository
+from service.routes import explain, health, metrics, models, page, predict, report, tfserving, v2
 from service.server import CloseConnectionsWhileDraining
 from service.settings import Settings
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
 
-#: Route label values; anything else is "other" so scanners cannot blow up label cardinality.
-KNOWN_ROUTES = frozenset(
-    {"/predict", "/explain", "/healthz", "/readyz", "/models", "/metrics", "/"}
-)
+#: Route label for requests no route matched (scanners cannot blow up label cardinality).
+UNMATCHED_ROUTE = "other"
 
 ASGIApp = Callable[
     [dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -42,8 +41,13 @@ ASGIApp = Callable[
 
 
 class RequestMetricsMiddleware:
-    """Counts every answer by route and status code and times it (a pure ASGI middleware:
-    cheaper than BaseHTTPMiddleware on the hot path)."""
+    """Counts every answer by route template, status code, model and version, and times it (a
+    pure ASGI middleware: cheaper than BaseHTTPMiddleware on the hot path).
+
+    The route label is the matched route's template (``/v2/models/{name}/infer``), never the raw
+    path; ``model`` and ``version`` are set by the route once it knows the version that serves
+    the request (``service.pipeline.record_model``), empty otherwise.
+    """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -53,8 +57,6 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        route = path if path in KNOWN_ROUTES else "other"
         started = time.perf_counter()
         status = 500
 
@@ -67,27 +69,32 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.metrics.requests.labels(route=route, code=str(status)).inc()
-            self.metrics.request_duration.labels(route=route).observe(time.perf_counter() - started)
+            matched = scope.get("route")
+            route = getattr(matched, "path", None) or UNMATCHED_ROUTE
+            model, version = scope.get(SCOPE_MODEL_KEY) or ("", "")
+            self.metrics.request_finished(
+                route, str(status), model, version, time.perf_counter() - started
+            )
 
 
 class BatcherMetrics:
-    """Adapts :class:`ServiceMetrics` to the batcher's observer hooks."""
+    """Adapts :class:`ServiceMetrics` to one model's batcher observer hooks."""
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    def __init__(self, metrics: ServiceMetrics, model: str) -> None:
         self._metrics = metrics
+        self._model = model
 
     def queue_depth(self, depth: int) -> None:
-        self._metrics.queue_depth.set(depth)
+        self._metrics.queue_depth_changed(self._model, depth)
 
     def batch_started(self, size: int, queue_waits_s: Any) -> None:
-        self._metrics.batch_started(size, queue_waits_s)
+        self._metrics.batch_started(self._model, size, queue_waits_s)
 
     def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
-        self._metrics.batch_finished(size, duration_s, error)
+        self._metrics.batch_finished(self._model, size, duration_s, error)
 
     def rejected(self, reason: str) -> None:
-        self._metrics.rejected.labels(reason=reason).inc()
+        self._metrics.rejected_request(reason)  # the batcher calls it once per refused request
 
 
 def configure_tensorflow_threads(settings: Settings) -> None:
@@ -115,35 +122,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_tensorflow_threads(settings)
         # The model thread needs the GIL back after each call; see BENCHMARKS.md.
         sys.setswitchinterval(settings.gil_switch_interval_s)
-        store = ModelStore(
-            settings.model_dir,
-            repository_root=settings.models_dir,
-            poll_interval_s=settings.poll_interval_s,
-            max_batch_size=settings.max_batch_size,
-            on_swap=lambda model: service_metrics.set_serving_model(model.name, model.version),
+        repository = ModelRepository(
+            settings,
+            observer_for=lambda name: BatcherMetrics(service_metrics, name),
+            on_change=service_metrics.set_served_models,
             on_reload=lambda result: service_metrics.model_reloads.labels(result=result).inc(),
         )
-        batcher = Batcher(
-            make_batch_fn(store),
-            max_batch_size=settings.max_batch_size,
-            batch_timeout_s=settings.batch_timeout_s,
-            max_queue_size=settings.max_queue_size,
-            observer=BatcherMetrics(service_metrics),
-            name="model",
-        )
         decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        state = ServiceState(settings, service_metrics, store, batcher, decode_pool)
+        state = ServiceState(settings, service_metrics, repository, decode_pool)
         app.state.service = state
-        await batcher.start()
-        await store.start()
-        logger.info("serving %s from %s", settings.model_name, settings.models_dir)
+        await repository.start()
+        logger.info(
+            "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
+        )
         try:
             yield
         finally:
             state.shutting_down = True
             service_metrics.model_ready.set(0)
-            await batcher.stop(drain=True, timeout_s=settings.shutdown_grace_s)
-            await store.stop()
+            await repository.stop(timeout_s=settings.shutdown_grace_s)
             decode_pool.shutdown(wait=False, cancel_futures=True)
             logger.info("stopped")
 
@@ -158,21 +155,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> JSONResponse:
         if exc.reason is not None:
-            service_metrics.rejected.labels(reason=exc.reason).inc()
+            service_metrics.rejected_request(exc.reason)  # one per request
         return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+            error_body(request.url.path, exc.detail),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (no such route: 404, wrong method: 405) in the shape the
+        # route's protocol promises, so a TF Serving or Triton client can read them.
+        return JSONResponse(
+            error_body(request.url.path, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
         return JSONResponse(
-            {"detail": f"internal error ({type(exc).__name__}); see the service log"},
+            error_body(
+                request.url.path, f"internal error ({type(exc).__name__}); see the service log"
+            ),
             status_code=500,
         )
 
     for router in (
         predict.router,
+        tfserving.router,
+        v2.router,
         health.router,
         models.router,
         metrics.router,
@@ -183,7 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JSONCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "X-API-Key", "Authorization"],

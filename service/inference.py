@@ -1,41 +1,65 @@
-"""The model call the batcher runs (in its dedicated thread) and the top-k post-processing."""
+"""Running images through a model's batcher: the batch function, its errors, and top-k.
+
+Every protocol (``/predict``, TF Serving, Open Inference Protocol) ends here: decoded images of
+one request are queued together on the chosen model's batcher with the version they must run on,
+ONE model call per batch computes them, and the probabilities come back in request order.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.model_store import LoadedModel, ModelStore
-from service.state import Prediction
+from service.batching import (
+    Batcher,
+    BatchFunctionError,
+    DeadlineExceededError,
+    QueueFullError,
+    ShuttingDownError,
+)
+from service.errors import ClientError
+
+if TYPE_CHECKING:
+    from service.model_store import LoadedModel
 
 
-class NoModelError(RuntimeError):
-    """No version is loaded yet."""
+@dataclass(frozen=True, slots=True)
+class InferenceItem:
+    """One decoded image, (H, W, 3) float32 0..255, and the version it must run on."""
+
+    image: np.ndarray
+    model: LoadedModel
 
 
-def make_batch_fn(store: ModelStore) -> Callable[[list[np.ndarray]], Sequence[Prediction]]:
-    """Return the batcher's ``batch_fn``: stack the images and make one model call.
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One image's class probabilities and the version that computed them."""
 
-    The serving version is read once per batch, so a hot swap never splits a batch. Images
-    decoded for a different input size (uploads decoded just before a swap to a version with
-    another size) are run as their own group; the model resizes them itself.
+    probabilities: np.ndarray  # (num_classes,) float32
+    model: LoadedModel
+
+
+def make_batch_fn() -> Callable[[list[InferenceItem]], Sequence[Prediction]]:
+    """Return a batcher's ``batch_fn``: stack the images and make one model call per version.
+
+    A batch usually holds one version; a canary beside its stable version, or uploads decoded
+    just before a hot swap to a version with another input size, are run as their own groups.
     """
 
-    def run_batch(images: list[np.ndarray]) -> list[Prediction]:
-        model = store.current
-        if model is None:
-            raise NoModelError("no model is loaded")
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, image in enumerate(images):
-            groups.setdefault(image.shape, []).append(index)
-        results: list[Prediction | None] = [None] * len(images)
+    def run_batch(items: list[InferenceItem]) -> list[Prediction]:
+        groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault((id(item.model), item.image.shape), []).append(index)
+        results: list[Prediction | None] = [None] * len(items)
         for indices in groups.values():
+            model = items[indices[0]].model
             batch = (
-                images[indices[0]][None]
+                items[indices[0]].image[None]
                 if len(indices) == 1
-                else np.stack([images[i] for i in indices])
+                else np.stack([items[i].image for i in indices])
             )
             probabilities = model.predict(batch)
             for row, index in enumerate(indices):
@@ -45,8 +69,48 @@ def make_batch_fn(store: ModelStore) -> Callable[[list[np.ndarray]], Sequence[Pr
     return run_batch
 
 
+async def classify(
+    batcher: Batcher[InferenceItem, Prediction],
+    model: LoadedModel,
+    images: Sequence[np.ndarray],
+    *,
+    timeout_s: float,
+    retry_after_s: int,
+) -> list[Prediction]:
+    """Queue every image of one request on ``batcher`` to run on ``model``; await all.
+
+    Batching errors become HTTP answers: 503 + Retry-After (queue full, shutting down), 504
+    (deadline), 500 (the model call failed).
+    """
+    retry = {"Retry-After": str(retry_after_s)}
+    try:
+        return await batcher.submit_many(
+            [InferenceItem(image, model) for image in images], timeout_s=timeout_s
+        )
+    except QueueFullError:
+        raise ClientError(
+            503,
+            f"model {model.name!r} is at capacity (queue full); retry after the Retry-After delay",
+            headers=retry,
+        ) from None
+    except ShuttingDownError:
+        raise ClientError(
+            503, "the service is shutting down; retry on another replica", headers=retry
+        ) from None
+    except DeadlineExceededError:
+        raise ClientError(
+            504, f"no result within the {timeout_s:g} s deadline; retry later"
+        ) from None
+    except BatchFunctionError as exc:
+        cause = exc.__cause__ or exc
+        raise ClientError(
+            500, f"the model failed on this batch ({type(cause).__name__}); retry"
+        ) from None
+
+
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """The ``k`` most probable classes as [{"label", "score"}], highest first."""
+    """The ``k`` most probable classes as [{"label", "score"}], highest first (at most every
+    class: a ``k`` above the number of classes returns them all)."""
     k = min(k, probabilities.shape[0])
     if k < probabilities.shape[0]:
         candidates = np.argpartition(-probabilities, k - 1)[:k]

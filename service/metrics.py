@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,6 +45,7 @@ DURATION_BUCKETS_S = (
 )
 #: Top-1 probability; fine steps at the top where a healthy model lives, 0.6 for the drift alert.
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999)
+#: Reasons of ``imgcls_rejected_requests_total`` (one count per refused HTTP request).
 REJECTION_REASONS = (
     "queue_full",
     "deadline",
@@ -56,6 +58,7 @@ REJECTION_REASONS = (
     "explain_busy",
     "body_timeout",
     "client_disconnected",
+    "not_found",
 )
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -82,75 +85,96 @@ class ServiceMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "imgcls_requests", "HTTP requests answered.", ["route", "code"], registry=r
+            "imgcls_requests",
+            "HTTP requests answered (one per request, whatever its number of images), by route "
+            "template, status code, and the model and version that served it (empty when none "
+            "did).",
+            ["route", "code", "model", "version"],
+            registry=r,
         )
         self.request_duration = Histogram(
             "imgcls_request_duration_seconds",
-            "Time from request received to response sent.",
-            ["route"],
+            "Seconds from a request received to its response sent, per HTTP request, by route "
+            "template, model and version.",
+            ["route", "model", "version"],
             buckets=DURATION_BUCKETS_S,
             registry=r,
         )
         self.batch_size = Histogram(
             "imgcls_batch_size",
-            "Images per model call.",
+            "Images per model call (one observation per batch), by model.",
+            ["model"],
             buckets=batch_size_buckets(max_batch_size),
             registry=r,
         )
         self.queue_wait = Histogram(
             "imgcls_batch_queue_wait_seconds",
-            "Time an image waited in the queue before its batch ran.",
+            "Seconds an image waited in the queue before its batch ran (one observation per "
+            "image), by model.",
+            ["model"],
             buckets=DURATION_BUCKETS_S,
             registry=r,
         )
         self.queue_depth = Gauge(
             "imgcls_batch_queue_depth",
-            "Images waiting for the model.",
+            "Images queued for the model, not counting the running batch, by model.",
+            ["model"],
             multiprocess_mode="livesum",
             registry=r,
         )
         self.inference_duration = Histogram(
             "imgcls_inference_duration_seconds",
-            "Duration of one model call (a whole batch).",
+            "Seconds of one model call (one observation per batch, whatever its size), by model.",
+            ["model"],
             buckets=DURATION_BUCKETS_S,
             registry=r,
         )
         self.inference_errors = Counter(
             "imgcls_inference_errors",
-            "Model calls that raised; each one fails every request of its batch (500).",
+            "Model calls (batches, not requests or images) that raised, whatever the cause (no "
+            "model loaded included), by model; each fails every request with an image in that "
+            "batch.",
+            ["model"],
             registry=r,
         )
         self.predictions = Counter(
-            "imgcls_predictions", "Images classified, by top-1 label.", ["label"], registry=r
+            "imgcls_predictions",
+            "Images classified and answered (one per image, not per request), by model, version "
+            "and top-1 label.",
+            ["model", "version", "label"],
+            registry=r,
         )
         self.confidence = Histogram(
             "imgcls_prediction_confidence",
-            "Top-1 probability of each classified image.",
+            "Top-1 probability of each classified image (one observation per image), by model "
+            "and version.",
+            ["model", "version"],
             buckets=CONFIDENCE_BUCKETS,
             registry=r,
         )
         self.rejected = Counter(
             "imgcls_rejected_requests",
-            "Requests refused before or instead of inference, by reason.",
+            "HTTP requests refused before or instead of inference (one per request, whatever "
+            "its number of images), by reason.",
             ["reason"],
             registry=r,
         )
         self.model_info = Gauge(
             "imgcls_model_info",
-            "The serving model version (value 1).",
+            "Every served model version (value 1).",
             ["name", "version"],
             multiprocess_mode="livemax",
             registry=r,
         )
         self.model_ready = Gauge(
             "imgcls_model_ready",
-            "1 when a model is loaded and warmed up, else 0.",
+            "1 when the default model has a loaded, warmed-up version, else 0.",
             multiprocess_mode="livemin",
             registry=r,
         )
         self.model_reloads = Counter(
             "imgcls_model_reloads",
-            "Model version loads, by result (success or failure).",
+            "Model version loads (one per version load attempt), by result (success or failure).",
             ["result"],
             registry=r,
         )
@@ -159,39 +183,121 @@ class ServiceMetrics:
         for result in ("success", "failure"):
             self.model_reloads.labels(result=result)
         self.model_ready.set(0)
-        self._serving: tuple[str, str] | None = None
+        self.version_labels = Gauge(
+            "imgcls_version_label_info",
+            "Version labels of serving.yaml (value 1): which version each label names.",
+            ["model", "version_label", "version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.version_label_weight = Gauge(
+            "imgcls_version_label_weight",
+            "Share (0..1) of a model's unpinned requests that a version label takes.",
+            ["model", "version_label"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.serving_config_valid = Gauge(
+            "imgcls_serving_config_valid",
+            "1 while serving.yaml is absent or valid, 0 while the last read was invalid (the "
+            "last good configuration keeps serving).",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.serving_config_valid.set(1)
+        # Label sets exported per served (model, version), so retired versions' series go.
+        self._served: set[tuple[str, str]] = set()
+        self._labels: set[tuple[str, str, str]] = set()
+        self._weights: set[tuple[str, str]] = set()
+        self._per_version: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
 
     # --- hooks -------------------------------------------------------------------------------
-    def set_serving_model(self, name: str, version: int) -> None:
-        """Point imgcls_model_info at the new version and drop the old series."""
-        if self._serving is not None:
+    def request_finished(
+        self, route: str, code: str, model: str, version: str, duration_s: float
+    ) -> None:
+        """Count one answered HTTP request and time it (seconds)."""
+        self.requests.labels(route, code, model, version).inc()
+        self.request_duration.labels(route, model, version).observe(duration_s)
+        if model:
+            self._remember(model, version, self.requests, (route, code, model, version))
+            self._remember(model, version, self.request_duration, (route, model, version))
+
+    def _remember(self, model: str, version: str, metric: Any, labels: tuple[str, ...]) -> None:
+        self._per_version.setdefault((model, version), set()).add((metric, labels))
+
+    def set_served_models(self, repository: Any) -> None:
+        """Export the served versions, labels and config health of ``repository`` (a
+        ``service.repository.ModelRepository``), dropping series of versions gone."""
+        served = {
+            (name, str(version))
+            for name, model in repository.models.items()
+            for version in model.store.served
+        }
+        for key in self._served - served:
             with contextlib.suppress(KeyError):
-                self.model_info.remove(*self._serving)
-        self._serving = (name, str(version))
-        self.model_info.labels(name=name, version=str(version)).set(1)
-        self.model_ready.set(1)
+                self.model_info.remove(*key)
+            for metric, label_values in self._per_version.pop(key, set()):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*label_values)
+        for name, version in served - self._served:
+            self.model_info.labels(name=name, version=version).set(1)
+        self._served = served
+        version_labels = {
+            (name, label, str(target.version))
+            for name, model in repository.models.items()
+            for label, target in model.config.labels.items()
+        }
+        weights = {
+            (name, label): target.weight
+            for name, model in repository.models.items()
+            for label, target in model.config.labels.items()
+        }
+        for gone in self._labels - version_labels:
+            with contextlib.suppress(KeyError):
+                self.version_labels.remove(*gone)
+        for new in version_labels - self._labels:
+            self.version_labels.labels(*new).set(1)
+        for old in self._weights - set(weights):
+            with contextlib.suppress(KeyError):
+                self.version_label_weight.remove(*old)
+        for pair, weight in weights.items():
+            self.version_label_weight.labels(*pair).set(weight)
+        self._labels, self._weights = version_labels, set(weights)
+        default = repository.default
+        self.model_ready.set(1 if default is not None and default.ready else 0)
+        self.serving_config_valid.set(0 if repository.config_watcher.problem else 1)
 
-    def observe_predictions(self, labels: Sequence[str], confidences: Sequence[float]) -> None:
+    def observe_predictions(
+        self, model: str, version: str, labels: Sequence[str], confidences: Sequence[float]
+    ) -> None:
+        """Count each image's top-1 label and observe its top-1 probability."""
+        confidence = self.confidence.labels(model, version)
+        self._remember(model, version, self.confidence, (model, version))
         for label, score in zip(labels, confidences, strict=True):
-            self.predictions.labels(label=label).inc()
-            self.confidence.observe(score)
+            self.predictions.labels(model, version, label).inc()
+            self._remember(model, version, self.predictions, (model, version, label))
+            confidence.observe(score)
 
-    # BatchObserver protocol (service.batching)
-    def queue_depth_changed(self, depth: int) -> None:
-        self.queue_depth.set(depth)
+    # BatchObserver protocol (service.batching), per model
+    def queue_depth_changed(self, model: str, depth: int) -> None:
+        self.queue_depth.labels(model).set(depth)
 
-    def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
-        self.batch_size.observe(size)
-        for wait in queue_waits_s:
-            self.queue_wait.observe(wait)
+    def batch_started(self, model: str, size: int, queue_waits_s: Sequence[float]) -> None:
+        self.batch_size.labels(model).observe(size)
+        wait = self.queue_wait.labels(model)
+        for seconds in queue_waits_s:
+            wait.observe(seconds)
 
-    def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
-        self.inference_duration.observe(duration_s)
+    def batch_finished(
+        self, model: str, size: int, duration_s: float, error: BaseException | None
+    ) -> None:
+        self.inference_duration.labels(model).observe(duration_s)
         # A batch abandoned at shutdown is not a model failure.
         if error is not None and not isinstance(error, ShuttingDownError):
-            self.inference_errors.inc()
+            self.inference_errors.labels(model).inc()
 
     def rejected_request(self, reason: str) -> None:
+        """Count ONE refused HTTP request (whatever its number of images)."""
         self.rejected.labels(reason=reason).inc()
 
     # --- exposition ------------------------------------------------------------------------

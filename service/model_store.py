@@ -1,10 +1,12 @@
-"""The model store: finds, verifies, loads, warms up and hot-swaps published versions.
+"""The model store: finds, verifies, loads, warms up and hot-swaps the versions of one model.
 
-It polls ``models/<name>/`` every ``poll_interval_s``. A newer complete version (metadata.json
-present, checksums matching, inside the repository) is loaded *beside* the serving one on a
-loader thread, warmed up at the batch sizes it will see, then swapped in with one reference
-assignment: batches already running finish on the old version. A version that fails is marked
-failed with its reason and the old one keeps serving; it is retried only if its files change.
+Each poll of ``models/<name>/`` applies the model's version policy (``latest: N`` by default 1,
+``specific``, ``all``) to the complete versions on disk (metadata.json present, checksums
+matching, inside the repository). A newly selected version is loaded *beside* the served ones on
+a loader thread, warmed up at the batch sizes it will see, then added with one reference
+assignment; versions no longer selected are retired after that, and batches already running
+finish on them. A version that fails is marked failed with its reason and the others keep
+serving; it is retried only if its files change.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from service.serving_config import LatestPolicy, VersionPolicy, select_versions
 from training.metadata import (
     METADATA_FILE,
+    SERVE_ENDPOINT,
     InvalidModelVersionError,
     ModelMetadata,
     list_versions,
@@ -32,7 +36,6 @@ from training.metadata import (
 
 logger = logging.getLogger(__name__)
 
-SERVE_ENDPOINT = "serve"
 #: Exhaustive warm-up (every batch size) stops after this long; then only powers of two.
 WARMUP_BUDGET_S = 10.0
 
@@ -124,7 +127,14 @@ class VersionStatus:
 
 
 class ModelStore:
-    """Owns the serving :class:`LoadedModel` and the states of every version on disk."""
+    """The versions of ONE model: which are on disk, which are served, and their states.
+
+    ``policy`` (TF Serving's and Triton's version policy) picks the served versions among the
+    loadable ones on disk; each poll loads what the policy newly selects *beside* what is served,
+    then retires what it no longer selects, so a request always finds a warmed-up version. A
+    version that fails to load is marked failed and skipped (the policy then reaches past it),
+    and is retried only when its files change.
+    """
 
     def __init__(
         self,
@@ -135,35 +145,52 @@ class ModelStore:
         max_batch_size: int,
         on_swap: Callable[[LoadedModel], None] | None = None,
         on_reload: Callable[[str], None] | None = None,
+        on_change: Callable[[ModelStore], None] | None = None,
         loader: Callable[[Path, ModelMetadata], LoadedModel] = load_saved_model,
+        policy: VersionPolicy | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.repository_root = repository_root
         self.poll_interval_s = poll_interval_s
         self.max_batch_size = max_batch_size
+        self.policy: VersionPolicy = policy if policy is not None else LatestPolicy()
+        #: Versions served beside the policy's when loadable: the ones labels name, so that a
+        #: new publish cannot retire ``stable`` and take its traffic unreviewed.
+        self.keep: frozenset[int] = frozenset()
         self._on_swap = on_swap
         self._on_reload = on_reload
+        self._on_change = on_change
         self._loader = loader
-        self._current: LoadedModel | None = None
+        #: version -> the loaded model; replaced (never mutated) so readers see a consistent dict.
+        self._served: dict[int, LoadedModel] = {}
         # version -> (reason, fingerprint of the files when it failed)
         self._failed: dict[int, tuple[str, tuple[int, int] | None]] = {}
         self._loading: int | None = None
-        # The version swapped out, until it is released and the heap can be frozen again.
-        self._retired: weakref.ref[LoadedModel] | None = None
+        # Versions retired, until they are released and the heap can be frozen again.
+        self._retired: list[weakref.ref[LoadedModel]] = []
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.repository_problem: str | None = None
+        #: True once the first scan has finished (whatever it found).
+        self.scanned = False
+
+    @property
+    def name(self) -> str:
+        return self.model_dir.name
 
     @property
     def current(self) -> LoadedModel | None:
-        return self._current
+        """The newest served version (the default for unpinned requests without labels)."""
+        served = self._served
+        return served[max(served)] if served else None
+
+    @property
+    def served(self) -> dict[int, LoadedModel]:
+        """Served versions by number (a snapshot: do not mutate)."""
+        return self._served
 
     async def start(self) -> None:
-        """Start polling in the background; the first scan (and load) begins at once.
-
-        The server is up (``/healthz``) while the first version loads; ``/readyz`` says when
-        it is served.
-        """
+        """Poll on its own in the background (a store used without a repository)."""
         self._task = asyncio.create_task(self._poll_forever(), name="model-store-poll")
 
     async def stop(self) -> None:
@@ -188,7 +215,7 @@ class ModelStore:
             return None
         return stat.st_mtime_ns, stat.st_size
 
-    def _scan(self) -> list[int]:
+    def _scan(self) -> list[int] | None:
         try:
             if not self.model_dir.exists():
                 raise FileNotFoundError(f"{self.model_dir} does not exist")
@@ -197,7 +224,7 @@ class ModelStore:
             versions = list_versions(self.model_dir)
         except OSError as exc:
             self._set_problem(f"cannot read the model repository: {exc}")
-            return []
+            return None
         self._set_problem(None)
         return versions
 
@@ -210,26 +237,43 @@ class ModelStore:
         self.repository_problem = problem
 
     def _describe_current(self) -> str:
-        return f"version {self._current.version}" if self._current else "nothing"
+        if not self._served:
+            return "nothing"
+        return "version " + ", ".join(str(v) for v in sorted(self._served, reverse=True))
+
+    def _skip(self, version: int) -> bool:
+        """A version that failed with the same files as now: don't retry or recount it."""
+        failed = self._failed.get(version)
+        return failed is not None and failed[1] == self._fingerprint(version)
 
     async def poll_once(self) -> LoadedModel | None:
-        """One scan: load and swap in the newest version that is newer than the serving one."""
+        """One scan: load what the policy selects, then retire what it no longer selects."""
         async with self._lock:
-            if self._retired is not None and self._retired() is None:
-                self._retired = None
-                freeze_heap()  # the old version is gone, its reference cycles collected
+            self._refreeze_when_retired_are_gone()
             versions = await asyncio.to_thread(self._scan)
-            floor = self._current.version if self._current else 0
-            for version in sorted((v for v in versions if v > floor), reverse=True):
-                fingerprint = self._fingerprint(version)
-                failed = self._failed.get(version)
-                if failed is not None and failed[1] == fingerprint:
-                    continue  # same files as when it failed: don't retry or recount
-                model = await self._try_load(version, fingerprint)
-                if model is not None:
-                    self._swap(model)
+            if versions is None:  # unreadable: keep serving what is loaded
+                self.scanned = True
+                return self.current
+            desired: list[int] = []
+            for _ in range(len(versions) + 1):  # each round marks at least one version failed
+                candidates = [v for v in versions if not self._skip(v)]
+                desired = select_versions(self.policy, candidates)
+                desired += sorted((self.keep & set(candidates)) - set(desired), reverse=True)
+                if not desired and self._served:
+                    # Nothing on disk qualifies (deleted, broken, a policy naming absent
+                    # versions): keep the newest loaded version rather than go dark.
+                    desired = [max(self._served)]
+                missing = [v for v in desired if v not in self._served]
+                if not missing:
                     break
-            return self._current
+                for version in missing:  # newest first
+                    model = await self._try_load(version, self._fingerprint(version))
+                    if model is not None:
+                        self._install(model)
+            for version in [v for v in self._served if v not in desired]:
+                self._retire(version)
+            self.scanned = True
+            return self.current
 
     async def _try_load(
         self, version: int, fingerprint: tuple[int, int] | None
@@ -246,7 +290,7 @@ class ModelStore:
                 logger.info("version %d is incomplete (%s); will look again", version, reason)
                 self._failed[version] = (reason, fingerprint)
                 return None
-            logger.warning("version %d failed to load: %s", version, reason)
+            logger.warning("%s version %d failed to load: %s", self.name, version, reason)
             self._failed[version] = (reason, fingerprint)
             if self._on_reload:
                 self._on_reload("failure")
@@ -273,39 +317,62 @@ class ModelStore:
         warm_up(model, self.max_batch_size)
         return model
 
-    def _swap(self, model: LoadedModel) -> None:
-        previous = self._current
-        self._current = model  # one reference assignment: in-flight batches keep the old object
+    def _install(self, model: LoadedModel) -> None:
+        """Serve ``model`` beside what is served (one dict replacement: readers see either)."""
+        self._served = {**self._served, model.version: model}
         if self._on_reload:
             self._on_reload("success")
         if self._on_swap:
             self._on_swap(model)
-        if previous is None:
-            freeze_heap()
-        else:
-            # Frozen objects are never collected: unfreeze so that the old version's reference
-            # cycles can go once its last batch has finished; the next poll refreezes.
-            gc.unfreeze()
-            self._retired = weakref.ref(previous)
+        if not self._retired:
+            freeze_heap()  # the new version's objects join the frozen heap
         logger.info(
-            "now serving %s version %d (was %s)",
+            "now serving %s version %d (also: %s)",
             model.name,
             model.version,
-            previous.version if previous else "none",
+            ", ".join(str(v) for v in sorted(self._served) if v != model.version) or "none",
         )
+        if self._on_change:
+            self._on_change(self)
+
+    def _retire(self, version: int) -> None:
+        """Stop routing to ``version``; batches already holding it finish on it."""
+        served = dict(self._served)
+        model = served.pop(version, None)
+        if model is None:
+            return
+        self._served = served
+        # Frozen objects are never collected: unfreeze so that the old version's reference
+        # cycles can go once its last batch has finished; a later poll refreezes.
+        gc.unfreeze()
+        self._retired.append(weakref.ref(model))
+        logger.info("%s version %d is no longer served", self.name, version)
+        if self._on_change:
+            self._on_change(self)
+
+    def _swap(self, model: LoadedModel) -> None:
+        """Serve ``model`` instead of every served version (the ``latest: 1`` hot swap)."""
+        others = [v for v in self._served if v != model.version]
+        self._install(model)
+        for version in others:
+            self._retire(version)
+
+    def _refreeze_when_retired_are_gone(self) -> None:
+        if self._retired:
+            self._retired = [ref for ref in self._retired if ref() is not None]
+            if not self._retired:
+                freeze_heap()  # the old versions are gone, their reference cycles collected
 
     def statuses(self) -> list[VersionStatus]:
-        """Every version folder on disk, newest first, with its state."""
+        """Every version folder on disk (and every served one), newest first, with its state."""
         try:
             versions = list_versions(self.model_dir)
         except OSError:
             versions = []
-        serving = self._current.version if self._current else None
-        if serving is not None and serving not in versions:
-            versions.append(serving)
+        served = self._served
         rows = []
-        for version in sorted(versions, reverse=True):
-            if version == serving:
+        for version in sorted(set(versions) | set(served), reverse=True):
+            if version in served:
                 rows.append(VersionStatus(version, "serving"))
             elif version == self._loading:
                 rows.append(VersionStatus(version, "loading"))

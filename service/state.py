@@ -5,32 +5,29 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from service.batching import Batcher
 from service.metrics import ServiceMetrics
-from service.model_store import LoadedModel, ModelStore
+from service.repository import ModelRepository
 from service.settings import Settings
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's class probabilities and the version that computed them."""
-
-    probabilities: np.ndarray  # (num_classes,) float32
-    model: LoadedModel
+from service.uploads import UploadLimits
 
 
 @dataclass
 class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
-    store: ModelStore
-    batcher: Batcher[np.ndarray, Prediction]
+    repository: ModelRepository
     decode_pool: ThreadPoolExecutor
     shutting_down: bool = False
     extras: dict[str, object] = field(default_factory=dict)
+    upload_limits: UploadLimits = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.upload_limits = UploadLimits(
+            max_body_bytes=self.settings.max_upload_bytes,
+            body_timeout_s=self.settings.body_timeout_s,
+            max_images=self.settings.max_images_per_request,
+        )
 
     @property
     def ready(self) -> bool:
-        return self.store.current is not None and not self.shutting_down and self.batcher.running
+        return self.repository.ready and not self.shutting_down

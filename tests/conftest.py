@@ -158,9 +158,17 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
         stop_server(srv)
 
 
-def republish(models_dir: Path, source_version: int = 1, name: str = "digits") -> int:
-    """Publish a new version of ``name`` whose SavedModel is a copy of ``source_version``'s,
-    through the real publishing code (temp folder, checksums, metadata last, rename)."""
+def republish(
+    models_dir: Path,
+    source_version: int = 1,
+    name: str = "digits",
+    *,
+    as_name: str | None = None,
+    class_names: list[str] | None = None,
+) -> int:
+    """Publish a new version of ``as_name`` (default: ``name`` itself) whose SavedModel is a copy
+    of ``name``'s ``source_version``, through the real publishing code (temp folder, checksums,
+    metadata last, rename); ``class_names`` renames the classes (another model, same network)."""
     from training.export import publish
     from training.metadata import read_metadata
 
@@ -179,13 +187,13 @@ def republish(models_dir: Path, source_version: int = 1, name: str = "digits") -
 
     version, _ = publish(
         models_dir=models_dir,
-        name=name,
+        name=as_name or name,
         write_artifacts=write,
         input_spec=meta.input,
-        class_names=meta.class_names,
+        class_names=class_names or meta.class_names,
         arch=meta.arch,
         parameter_count=meta.parameter_count,
-        training={**meta.training, "republished_from": source_version},
+        training={**meta.training, "republished_from": f"{name}/{source_version}"},
         data_fingerprint=meta.data_fingerprint,
         metrics=meta.metrics,
     )

@@ -1,7 +1,9 @@
 """``POST /explain``: one image in, top-k plus what the network looked at (Grad-CAM, feature maps).
 
 Same inputs and errors as /predict (multipart ``file`` or a raw ``image/*`` body, ``top_k``,
-API key), exactly one image, and ``label`` to explain a class other than the top one. The model
+API key), exactly one image, and ``label`` to explain a class other than the top one. ``model``,
+``version`` and ``version_label`` choose what to explain as the model routes do (default: the
+default model's default version). The model
 computes the explanation itself (its ``gradcam`` and ``feature_maps`` endpoints); the call runs
 on the explain thread, never in a /predict batch, one at a time with a short wait list: beyond
 it, 503 + ``Retry-After`` (``imgcls_rejected_requests_total{reason="explain_busy"}``).
@@ -17,21 +19,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from service import pipeline
+from service.auth import check_api_key
 from service.deps import get_state
 from service.disconnect import unless_disconnected
 from service.errors import ClientError
 from service.explain import GRADCAM_ENDPOINT, ExplainBusyError, ExplainRunner, explain_image
 from service.inference import model_ref
 from service.model_store import LoadedModel
-from service.routes.predict import (
-    FIELD_NAME,
-    NO_MODEL_HELP,
-    check_api_key,
-    decode_all,
-    parse_top_k,
-    read_uploads,
-)
 from service.state import ServiceState
+from service.uploads import FIELD_NAME, read_uploads
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["inference"])
@@ -89,20 +86,6 @@ def parse_label(request: Request, model: LoadedModel) -> int:
     return names.index(label)
 
 
-def serving_model(state: ServiceState) -> LoadedModel:
-    model = state.store.current
-    if model is None or state.shutting_down:
-        raise ClientError(
-            503,
-            NO_MODEL_HELP
-            if model is None
-            else "the service is shutting down; retry on another replica",
-            reason="no_model" if model is None else "shutting_down",
-            headers={"Retry-After": str(state.settings.retry_after_s)},
-        )
-    return model
-
-
 @router.post(
     "/explain",
     summary="Explain the classification of one image (Grad-CAM and first-layer feature maps)",
@@ -122,9 +105,16 @@ async def explain(request: Request, state: State) -> JSONResponse:
     """Top-k classes of one image, a Grad-CAM heatmap (PNG overlay and a 0..1 grid at the last
     conv layer's resolution) for the top class or ``label``, and the first layers' feature maps."""
     started = time.perf_counter()
-    check_api_key(request, state)
-    k = parse_top_k(request, state)
-    model = serving_model(state)
+    check_api_key(request, state.settings.api_keys)
+    k = pipeline.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
+    params = request.query_params
+    _, model = pipeline.choose_model(
+        state,
+        params.get("model") or None,
+        version=params.get("version") or None,
+        label=params.get("version_label") or None,
+    )
+    pipeline.record_model(request, model)
     if not model.has_endpoint(GRADCAM_ENDPOINT):
         raise ClientError(
             409,
@@ -132,7 +122,7 @@ async def explain(request: Request, state: State) -> JSONResponse:
             "retrain to get them (python training/train.py); /predict still works",
         )
     class_index = parse_label(request, model)
-    uploads = await read_uploads(request, state)
+    uploads = await read_uploads(request, state.upload_limits)
     if len(uploads) != 1:
         raise ClientError(
             400,
@@ -140,7 +130,7 @@ async def explain(request: Request, state: State) -> JSONResponse:
             "send one request per image (/predict takes several)",
             reason="bad_request",
         )
-    (image,) = await decode_all(uploads, model, state)
+    (image,) = await pipeline.decode_uploads(state, uploads, model)
     retry = {"Retry-After": str(state.settings.retry_after_s)}
     try:
         # A client that hangs up while waiting gives its place back (a running job finishes).

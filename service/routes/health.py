@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 
 from service.deps import get_state
 from service.inference import model_ref
-from service.routes.predict import NO_MODEL_HELP
 from service.state import ServiceState
 
 router = APIRouter(tags=["health"])
@@ -21,16 +20,24 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="200 once a model is loaded and warmed up, else 503")
+@router.get(
+    "/readyz",
+    summary="200 once every model found has been read and the default one is served, else 503",
+)
 async def readyz(state: State) -> JSONResponse:
-    model = state.store.current
-    problem = state.store.repository_problem
+    repository = state.repository
     if state.shutting_down:
         return JSONResponse({"detail": "shutting down"}, status_code=503)
+    default = repository.default
+    model = default.default_version() if default is not None else None
     if model is None or not state.ready:
-        detail = NO_MODEL_HELP if problem is None else f"{NO_MODEL_HELP}; {problem}"
+        detail = repository.no_model_help(repository.default_name)
+        if model is not None:  # the default is served; other models are still loading
+            loading = [n for n, m in repository.models.items() if not m.store.scanned]
+            detail = f"loading models: {', '.join(loading) or 'the repository'}"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
     body: dict[str, object] = {"status": "ready", "model": model_ref(model)}
+    problem = default.store.repository_problem if default is not None else None
     if problem is not None:
         body["warning"] = f"{problem}; serving the loaded version"
     return JSONResponse(body)

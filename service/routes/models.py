@@ -1,34 +1,79 @@
-"""``GET /models``: versions on disk, their states, and the serving one's metadata."""
+"""``GET /models``: every model of the repository, its versions with their states, its labels,
+policy and limits, and the serving configuration's health.
+
+The top-level ``name``, ``serving`` and ``versions`` keys describe the default model (the one
+``/predict`` serves), as before the repository served several models.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
 from service.deps import get_state
+from service.repository import ServedModel
+from service.serving_config import CONFIG_FILE
 from service.state import ServiceState
 
 router = APIRouter(tags=["models"])
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-@router.get("/models", summary="Published versions and the serving one")
-async def list_models(state: State) -> dict[str, Any]:
-    store = state.store
-    current = store.current
+def describe_model(served: ServedModel) -> dict[str, Any]:
+    """One model: versions and states, labels, policy, limits, the default version's metadata
+    (``serving``) and every served version's (``served``, newest first)."""
+    default = served.default_version()
     return {
-        "name": state.settings.model_name,
+        "name": served.name,
+        "default_version": default.version if default is not None else None,
+        "policy": served.config.describe_policy(),
+        "labels": {
+            name: {
+                "version": target.version,
+                "weight": target.weight,
+                "served": target.version in served.store.served,
+            }
+            for name, target in sorted(served.config.labels.items())
+        },
+        "limits": asdict(served.limits),
         "serving": None
-        if current is None
-        else current.metadata.model_dump(mode="json", exclude={"files"}),
+        if default is None
+        else default.metadata.model_dump(mode="json", exclude={"files"}),
+        "served": [
+            model.metadata.model_dump(mode="json", exclude={"files"})
+            for _, model in sorted(served.store.served.items(), reverse=True)
+        ],
         "versions": [
             {
                 "version": row.version,
                 "state": row.state,
                 **({"reason": row.reason} if row.reason else {}),
             }
-            for row in store.statuses()
+            for row in served.store.statuses()
         ],
-        "repository_problem": store.repository_problem,
+        "repository_problem": served.store.repository_problem,
+    }
+
+
+@router.get("/models", summary="Every model, its versions and states, labels and policy")
+async def list_models(state: State) -> dict[str, Any]:
+    repository = state.repository
+    models = [describe_model(repository.models[name]) for name in repository.names()]
+    default = repository.default
+    own = describe_model(default) if default is not None else None
+    watcher = repository.config_watcher
+    return {
+        "name": repository.default_name,
+        "serving": own["serving"] if own else None,
+        "versions": own["versions"] if own else [],
+        "repository_problem": own["repository_problem"] if own else None,
+        "default_model": repository.default_name,
+        "models": models,
+        "config": {
+            "file": str(repository.root / CONFIG_FILE),
+            "present": watcher.state.digest is not None,
+            "problem": watcher.problem,
+        },
     }

@@ -6,7 +6,9 @@
   const $ = (selector, root = document) => root.querySelector(selector);
 
   const state = {
-    model: null, // the serving version's metadata from GET /models
+    model: null, // metadata of the chosen version, from GET /models
+    models: [], // every model of the repository, from GET /models
+    choice: { name: null, version: null, label: null }, // what the pickers say
     explainable: false, // whether it publishes the gradcam endpoint
     queue: Promise.resolve(), // requests run one after another (explanations are rate-limited)
   };
@@ -85,41 +87,125 @@
 
   // ------------------------------------------------------------ model information
 
+  // The model routes for the current choice: "/models/{name}[/versions/{v}|/labels/{l}]".
+  function modelPath() {
+    const { name, version, label } = state.choice;
+    let path = `/models/${encodeURIComponent(name)}`;
+    if (version !== null) path += `/versions/${version}`;
+    else if (label !== null) path += `/labels/${encodeURIComponent(label)}`;
+    return path;
+  }
+
+  // /explain takes the same choice as query parameters.
+  function explainQuery() {
+    const { name, version, label } = state.choice;
+    let query = `model=${encodeURIComponent(name)}`;
+    if (version !== null) query += `&version=${version}`;
+    else if (label !== null) query += `&version_label=${encodeURIComponent(label)}`;
+    return query;
+  }
+
+  function chosenModel() {
+    return state.models.find((m) => m.name === state.choice.name) || null;
+  }
+
+  // Metadata of the version the choice resolves to (for a label or the default: its version).
+  function chosenMetadata(model) {
+    const { version, label } = state.choice;
+    let wanted = model.default_version;
+    if (version !== null) wanted = version;
+    else if (label !== null && model.labels[label]) wanted = model.labels[label].version;
+    return (model.served || []).find((m) => m.version === wanted) || model.serving;
+  }
+
+  function fillVersionSelect(model) {
+    const select = $("#version-select");
+    select.replaceChildren(el("option", {
+      value: "",
+      text: model.default_version === null ? "default (none served)" : `default (version ${model.default_version})`,
+    }));
+    for (const served of model.served || []) {
+      select.append(el("option", { value: `v:${served.version}`, text: `version ${served.version}` }));
+    }
+    for (const [label, target] of Object.entries(model.labels || {})) {
+      if (!target.served) continue;
+      const share = target.weight > 0 ? `, ${Math.round(target.weight * 100)}% of default traffic` : "";
+      select.append(el("option", { value: `l:${label}`, text: `${label} → version ${target.version}${share}` }));
+    }
+  }
+
+  function applyChoice() {
+    const info = $("#model-info");
+    const model = chosenModel();
+    state.model = model ? chosenMetadata(model) : null;
+    if (!state.model) {
+      const name = state.choice.name || "the default model";
+      info.textContent = `No ${name} version is serving yet: publish one with ` +
+        `python training/train.py --model-name ${name}, then reload this page.`;
+      state.explainable = false;
+      return;
+    }
+    const meta = state.model;
+    state.explainable = (meta.endpoints || []).includes("gradcam");
+    const accuracy = meta.metrics && meta.metrics.test_accuracy;
+    const parts = [
+      `Model ${meta.name}, version ${meta.version}`,
+      `${meta.arch}, input ${meta.input.height}×${meta.input.width}×${meta.input.channels}`,
+      accuracy === undefined ? "no test accuracy recorded" : `test accuracy ${percent(accuracy)}`,
+    ];
+    if (!state.explainable) parts.push("published without explanations (retrain to get them)");
+    info.textContent = parts.join(" · ");
+    info.dataset.version = String(meta.version);
+    info.dataset.model = meta.name;
+    loadReport(meta.name, meta.version);
+  }
+
   async function loadModel() {
     const info = $("#model-info");
     try {
       const response = await fetch("/models");
       if (!response.ok) throw new Error(await errorText(response));
       const data = await response.json();
-      state.model = data.serving;
-      if (!state.model) {
-        info.textContent = `No ${data.name} version is serving yet: publish one with ` +
-          "python training/train.py, then reload this page.";
-        return;
-      }
-      const model = state.model;
-      state.explainable = (model.endpoints || []).includes("gradcam");
-      const accuracy = model.metrics && model.metrics.test_accuracy;
-      const parts = [
-        `Model ${model.name}, version ${model.version}`,
-        `${model.arch}, input ${model.input.height}×${model.input.width}×${model.input.channels}`,
-        accuracy === undefined ? "no test accuracy recorded" : `test accuracy ${percent(accuracy)}`,
-      ];
-      if (!state.explainable) parts.push("published without explanations (retrain to get them)");
-      info.textContent = parts.join(" · ");
-      info.dataset.version = String(model.version);
-      loadReport(model.version);
+      state.models = data.models || [];
+      state.choice = { name: data.default_model || data.name, version: null, label: null };
+      const modelSelect = $("#model-select");
+      modelSelect.replaceChildren(...state.models.map((m) => el("option", {
+        value: m.name,
+        text: m.name === state.choice.name ? `${m.name} (default)` : m.name,
+      })));
+      modelSelect.value = state.choice.name;
+      const model = chosenModel();
+      if (model) fillVersionSelect(model);
+      applyChoice();
     } catch (error) {
       info.textContent = `Could not read /models: ${error.message}`;
     }
   }
 
+  function setUpModelPicker() {
+    $("#model-select").addEventListener("change", (event) => {
+      state.choice = { name: event.target.value, version: null, label: null };
+      const model = chosenModel();
+      if (model) fillVersionSelect(model);
+      applyChoice();
+    });
+    $("#version-select").addEventListener("change", (event) => {
+      const value = event.target.value;
+      state.choice = {
+        name: state.choice.name,
+        version: value.startsWith("v:") ? Number.parseInt(value.slice(2), 10) : null,
+        label: value.startsWith("l:") ? value.slice(2) : null,
+      };
+      applyChoice();
+    });
+  }
+
   // ----------------------------------------------------------------- training report
 
-  async function loadReport(version) {
+  async function loadReport(name, version) {
     const report = $("#report");
     report.replaceChildren();
-    const base = `/models/${version}/report/`;
+    const base = `/models/${encodeURIComponent(name)}/versions/${version}/report/`;
     for (const [name, caption] of REPORT_FIGURES) {
       const img = el("img", { src: base + name, alt: caption, loading: "lazy" });
       const figure = el("figure", { className: "report-figure" }, [
@@ -227,7 +313,14 @@
     $(".gradcam-caption", card).textContent =
       `Where the network looked for “${body.explained.label}” ` +
       `(${percent(body.explained.score)}); Grad-CAM at the last convolution layer, ` +
-      `${body.gradcam.height}×${body.gradcam.width}`;
+      `${body.gradcam.height}×${body.gradcam.width}, laid over the image you sent`;
+    const seen = $(".network-input-figure", card);
+    seen.hidden = !body.gradcam.network_input_png;
+    if (body.gradcam.network_input_png) {
+      const img = $(".network-input", card);
+      img.src = `data:image/png;base64,${body.gradcam.network_input_png}`;
+      img.alt = "The normalised picture the network classified";
+    }
     renderFeatureMaps(card, body.feature_maps || []);
     $(".result-meta", card).textContent =
       `version ${body.model.version} · ${Math.round(latencyMs)} ms round trip ` +
@@ -253,7 +346,7 @@
     card.dataset.state = "busy";
     card.setAttribute("aria-busy", "true");
     try {
-      let path = `/explain?top_k=${topK()}`;
+      let path = `/explain?top_k=${topK()}&${explainQuery()}`;
       if (label !== undefined) path += `&label=${encodeURIComponent(label)}`;
       const { body, latencyMs } = await postImages(path, [file]);
       renderExplanation(card, body, latencyMs);
@@ -270,7 +363,7 @@
   // A version without explanation endpoints: one batched /predict call for every image.
   async function predictFiles(files, cards) {
     try {
-      const { body, latencyMs } = await postImages(`/predict?top_k=${topK()}`, files);
+      const { body, latencyMs } = await postImages(`${modelPath()}/predict?top_k=${topK()}`, files);
       body.results.forEach((result, i) => {
         const card = cards[i];
         renderBars(card, result.predictions);
@@ -319,15 +412,20 @@
     const cursor = { x: canvas.width / 2, y: canvas.height / 2 };
     let drawing = false;
     let drawn = false;
+    // "chalk": light ink on black, like the training data; "paper": dark ink on white. The
+    // model normalises polarity itself, so both classify alike.
+    let ink = "chalk";
+    const COLORS = { chalk: ["#000", "#fff"], paper: ["#fff", "#111"] };
 
     function clear() {
-      ctx.fillStyle = "#000";
+      ctx.fillStyle = COLORS[ink][0];
       ctx.fillRect(0, 0, canvas.width, canvas.height);
       Object.assign(cursor, { x: canvas.width / 2, y: canvas.height / 2 });
       drawn = false;
+      canvas.dataset.ink = ink;
     }
     function pen() {
-      ctx.strokeStyle = "#fff";
+      ctx.strokeStyle = COLORS[ink][1];
       ctx.lineWidth = 26; // about the stroke width of the training digits after downscaling
       ctx.lineCap = "round";
       ctx.lineJoin = "round";
@@ -348,6 +446,8 @@
       drawn = true;
     }
 
+    const checked = document.querySelector('input[name="ink"]:checked');
+    if (checked && checked.value === "paper") ink = "paper"; // the browser may restore it
     clear();
     canvas.addEventListener("pointerdown", (event) => {
       event.preventDefault();
@@ -382,6 +482,14 @@
       if (!event.shiftKey) line(cursor, next);
       Object.assign(cursor, next);
     });
+
+    for (const radio of document.querySelectorAll('input[name="ink"]')) {
+      radio.addEventListener("change", () => {
+        if (!radio.checked) return;
+        ink = radio.value === "paper" ? "paper" : "chalk";
+        clear(); // a new sheet in the chosen colours
+      });
+    }
 
     $("#clear-drawing").addEventListener("click", () => {
       clear();
@@ -425,6 +533,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     showError("");
     setUpUploads();
+    setUpModelPicker();
     setUpCanvas();
     loadModel();
   });

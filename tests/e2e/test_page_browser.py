@@ -206,7 +206,8 @@ def test_page_classifies_and_explains_uploads_and_drawings_offline(
 
     assert log.urls, "the request log recorded nothing"
     assert log.outside() == [], f"requests left {server.url}: {log.outside()}"
-    assert any(url.endswith("/explain?top_k=3") for url in log.urls)
+    # The default choice: the default model, through /explain with the model named.
+    assert any(url.endswith("/explain?top_k=3&model=digits") for url in log.urls)
 
 
 def test_controls_are_labelled_and_reachable_by_keyboard_with_a_visible_focus(
@@ -223,7 +224,7 @@ def test_controls_are_labelled_and_reachable_by_keyboard_with_a_visible_focus(
     )
     assert unlabeled == []
     reached = []
-    for _ in range(12):
+    for _ in range(16):  # the controls in tab order, the model and version pickers among them
         tab.keyboard.press("Tab")
         focused = tab.evaluate(
             """() => { const el = document.activeElement;
@@ -233,6 +234,14 @@ def test_controls_are_labelled_and_reachable_by_keyboard_with_a_visible_focus(
         reached.append(focused[0])
         if focused[0] in ("file-input", "canvas", "classify-drawing"):
             assert focused[1] != "none" and focused[2] != "0px", focused
-    for control in ("file-input", "canvas", "classify-drawing", "clear-drawing", "top-k"):
+    for control in (
+        "file-input",
+        "canvas",
+        "classify-drawing",
+        "clear-drawing",
+        "model-select",
+        "version-select",
+        "top-k",
+    ):
         assert control in reached, reached
     assert log.outside() == []

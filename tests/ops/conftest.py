@@ -35,7 +35,8 @@ K8S = ROOT / "deploy" / "k8s"
 
 INSTALL_HINT = "apt-get install -y prometheus docker-compose"
 
-#: Every series the service exports (DESIGN's table plus imgcls_model_ready), as scraped.
+#: Every series the service exports (DESIGN's table plus imgcls_model_ready and the serving.yaml
+#: gauges: version labels, their weights, the file's validity), as scraped.
 SERVICE_METRICS: dict[str, str] = {
     "imgcls_requests": "counter",
     "imgcls_request_duration_seconds": "histogram",
@@ -50,6 +51,9 @@ SERVICE_METRICS: dict[str, str] = {
     "imgcls_model_info": "gauge",
     "imgcls_model_reloads": "counter",
     "imgcls_model_ready": "gauge",
+    "imgcls_version_label_info": "gauge",
+    "imgcls_version_label_weight": "gauge",
+    "imgcls_serving_config_valid": "gauge",
 }
 #: Series Prometheus itself attaches to every target.
 PROMETHEUS_SERIES = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})

@@ -3,6 +3,7 @@ the structure every alert needs (for, severity, summary/description/runbook) is 
 
 from __future__ import annotations
 
+import re
 import subprocess
 from typing import Any
 
@@ -29,6 +30,9 @@ REQUIRED_ALERTS = {
     "ImgclsModelReloadFailed",
     "ImgclsInstanceDown",
     "ImgclsLowConfidenceDrift",
+    "ImgclsCanaryErrorRateAboveStable",
+    "ImgclsCanaryConfidenceBelowStable",
+    "ImgclsServingConfigInvalid",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -136,3 +140,117 @@ def test_prometheus_scrapes_every_api_replica_by_dns_and_itself() -> None:
         {"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "15s"}
     ]
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
+
+
+# --- route templates and serving.yaml labels ----------------------------------------------------
+#: Routes that probes and Prometheus call: readiness answers 503 by design while loading.
+PROBE_ROUTES = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+}
+_ROUTE_MATCHER = re.compile(r'route(!~|=~)"((?:[^"\\]|\\.)*)"')
+
+
+def rule_exprs() -> str:
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return "\n".join(rule["expr"] for group in groups for rule in group["rules"])
+
+
+def route_regexes(text: str) -> dict[str, set[str]]:
+    """``route!~`` and ``route=~`` regexes used in ``text``, by operator."""
+    found: dict[str, set[str]] = {"!~": set(), "=~": set()}
+    for operator, regex in _ROUTE_MATCHER.findall(text):
+        found[operator].add(regex)
+    return found
+
+
+def matching(regex: str, routes: set[str]) -> set[str]:
+    """Routes a PromQL regex matcher selects (PromQL anchors regexes at both ends)."""
+    return {route for route in routes if re.fullmatch(regex, route)}
+
+
+@pytest.fixture(scope="module")
+def service_routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """Route template -> HTTP methods, from the real app (the ``route`` label's values)."""
+    app_module = pytest.importorskip("service.app")
+    settings_module = pytest.importorskip("service.settings")
+    app = app_module.create_app(
+        settings_module.Settings(models_dir=tmp_path_factory.mktemp("no-models"))
+    )
+    paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    return {path: {method.upper() for method in operations} for path, operations in paths.items()}
+
+
+def test_probe_selector_leaves_out_exactly_the_probe_routes(
+    service_routes: dict[str, set[str]],
+) -> None:
+    """One probe regex everywhere, and it matches every probe route and no client route."""
+    (probes,) = route_regexes(rule_exprs())["!~"]
+    missing = PROBE_ROUTES - set(service_routes)
+    assert not missing, f"probe routes renamed or gone: {missing}"
+    assert matching(probes, set(service_routes)) == PROBE_ROUTES
+
+
+def test_inference_selectors_match_every_protocol(service_routes: dict[str, set[str]]) -> None:
+    """Latency and queue rules select every protocol's predict/infer route, and nothing else
+    (plus /explain for the queue, which runs through the batcher too)."""
+    inference = {path for path, methods in service_routes.items() if "POST" in methods} - {
+        "/explain"
+    }
+    assert {
+        "/predict",
+        "/models/{name}/versions/{version}/predict",
+        "/v1/models/{name}/labels/{label}:predict",
+        "/v2/models/{name}/infer",
+    } <= inference
+    regexes = route_regexes(rule_exprs())["=~"]
+    assert len(regexes) == 2, regexes
+    classify = min(regexes, key=len)
+    queue = max(regexes, key=len)
+    assert matching(classify, set(service_routes)) == inference
+    assert matching(queue, set(service_routes)) == inference | {"/explain"}
+
+
+def test_canary_alerts_compare_the_canary_and_stable_labels() -> None:
+    """Both canary alerts join through imgcls_version_label_info (via its recording rule) and
+    compare the `canary` label's version with the `stable` label's, per job and model."""
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    rules = {
+        rule.get("alert") or rule["record"]: rule for group in groups for rule in group["rules"]
+    }
+    assert "imgcls_version_label_info" in rules["imgcls:version_label_info:max"]["expr"]
+    for name in ("ImgclsCanaryErrorRateAboveStable", "ImgclsCanaryConfidenceBelowStable"):
+        expr = rules[name]["expr"]
+        assert 'imgcls:version_label_info:max{version_label="canary"}' in expr
+        assert 'imgcls:version_label_info:max{version_label="stable"}' in expr
+        assert "on (job, model, version) group_left()" in expr
+    assert rules["ImgclsServingConfigInvalid"]["expr"].strip() == "imgcls_serving_config_valid == 0"
+
+
+#: Labels a rule may aggregate by: each bounded by the service (routes, codes, the model
+#: repository, serving.yaml labels, the classes, histogram buckets) or by the deployment.
+BOUNDED_LABELS = {
+    "job",
+    "instance",
+    "route",
+    "code",
+    "model",
+    "version",
+    "version_label",
+    "label",
+    "le",
+    "reason",
+    "result",
+}
+_BY_CLAUSE = re.compile(r"\b(?:by|on)\s*\(([^()]*)\)")
+
+
+def test_rules_group_only_by_bounded_labels() -> None:
+    for clause in _BY_CLAUSE.findall(rule_exprs()):
+        labels = {label.strip() for label in clause.split(",") if label.strip()}
+        assert labels <= BOUNDED_LABELS, f"unbounded grouping label(s) {labels - BOUNDED_LABELS}"

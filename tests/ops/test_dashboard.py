@@ -40,7 +40,6 @@ REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
         {"imgcls_batch_size_sum", "imgcls_batch_size_count", "imgcls_batch_size_bucket"},
         ["/"],
     ),
-    "Queue depth": ({"imgcls_batch_queue_depth"}, []),
     "Queue wait p50 / p95 / p99": (
         {"imgcls_batch_queue_wait_seconds_bucket"},
         ["histogram_quantile"],
@@ -50,11 +49,43 @@ REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
         ["histogram_quantile"],
     ),
     "Rejections by reason": ({"imgcls_rejected_requests_total"}, ["by (reason)"]),
-    "Predictions per class": ({"imgcls_predictions_total"}, ["by (label)"]),
+    "Predictions per class": ({"imgcls_predictions_total"}, ["by (model, label)"]),
     "Confidence distribution": ({"imgcls_prediction_confidence_bucket"}, ["by (le)"]),
     "Serving model version": ({"imgcls_model_info"}, ["version"]),
     "Model ready": ({"imgcls_model_ready"}, []),
+    "Queue depth": ({"imgcls_batch_queue_depth"}, ["by (instance, model)"]),
+    # Stable vs canary: every figure per model version, named by its serving.yaml labels.
+    "Requests by version (5m)": (
+        {"imgcls:requests_by_version:rate5m", "imgcls:version_label_info:max"},
+        ["on (job, model, version) group_left()"],
+    ),
+    "5xx ratio by version (5m)": (
+        {"imgcls:request_errors_by_version:ratio_rate5m", "imgcls:version_label_info:max"},
+        ["on (job, model, version) group_left()"],
+    ),
+    "p95 latency by version (5m)": (
+        {"imgcls_request_duration_seconds_bucket", "imgcls:version_label_info:max"},
+        ["histogram_quantile(0.95,", "by (job, model, version, le)"],
+    ),
+    "Mean top-1 confidence by version (5m)": (
+        {"imgcls:prediction_confidence_by_version:mean_rate5m", "imgcls:version_label_info:max"},
+        ["on (job, model, version) group_left()"],
+    ),
+    "Serving config valid": ({"imgcls_serving_config_valid"}, []),
+    "Version label weights": (
+        {"imgcls_version_label_weight", "imgcls_version_label_info"},
+        ["by (model, version_label)"],
+    ),
 }
+#: The panels of the "Stable vs canary" row, in order.
+CANARY_ROW = [
+    "Requests by version (5m)",
+    "5xx ratio by version (5m)",
+    "p95 latency by version (5m)",
+    "Mean top-1 confidence by version (5m)",
+    "Serving config valid",
+    "Version label weights",
+]
 _RATE_ARGUMENT = re.compile(r"\b(?:rate|irate|increase)\(\s*([A-Za-z_:][A-Za-z0-9_:]*)")
 
 
@@ -176,3 +207,32 @@ def test_metric_list_matches_the_service() -> None:
     assert families == SERVICE_METRICS
     assert 0.6 in metrics.CONFIDENCE_BUCKETS, "ImgclsLowConfidenceDrift reads le=0.6"
     assert "queue_full" in metrics.REJECTION_REASONS, "ImgclsQueueSaturated reads queue_full"
+
+
+def test_stable_vs_canary_row_holds_its_panels() -> None:
+    """The row exists and its panels follow it, before the next row (Grafana's row layout)."""
+    panels = iter_panels()
+    titles = [panel["title"] for panel in panels]
+    start = titles.index("Stable vs canary")
+    assert panels[start]["type"] == "row"
+    following = []
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        following.append(panel["title"])
+    assert following == CANARY_ROW
+    row_y = panels[start]["gridPos"]["y"]
+    assert all(panel["gridPos"]["y"] > row_y for panel in panels[start + 1 :])
+
+
+def test_route_selectors_match_the_rules() -> None:
+    """The dashboard leaves out the same probe routes, and selects the same inference routes,
+    as the recording and alerting rules (whose selectors test_alert_rules checks against the
+    service's real route templates)."""
+    from .test_alert_rules import route_regexes, rule_exprs
+
+    rules = route_regexes(rule_exprs())
+    board = route_regexes("\n".join(iter_dashboard_queries()))
+    assert board["!~"] == rules["!~"]
+    assert board["=~"] <= rules["=~"]
+    assert board["=~"], "the canary latency panel selects the classify routes"

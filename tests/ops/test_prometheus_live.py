@@ -1,10 +1,13 @@
 """Monitoring end to end: a real Prometheus scrapes a real service and evaluates our rules.
 
-One uvicorn process serves the session's trained digits model; one ``prometheus`` process, started
-here on loopback, scrapes it every second with the job name of ``monitoring/prometheus.yml`` (so
-``up{job="api"}`` means the same as in the compose stack) and evaluates ``monitoring/alerts.yml``
-every second. After real traffic the tests read everything back through Prometheus's HTTP API:
-the counts clients caused, the serving model, the rules' health, and every Grafana panel query.
+One uvicorn process serves the session's trained digits model as version 1 (``stable``) and a
+republished copy as version 2 (``canary``, weight 0.5, from ``serving.yaml``). One ``prometheus``
+process, started here on loopback, scrapes it every second with the job name of
+``monitoring/prometheus.yml`` (so ``up{job="api"}`` means the same as in the compose stack) and
+evaluates ``monitoring/alerts.yml`` every second. After real traffic the tests read everything
+back through Prometheus's HTTP API: the counts clients caused (per version, as the answers named
+it), the serving versions and labels, the rules' health, every Grafana panel query, and an
+invalid ``serving.yaml`` reported.
 
 ``promtool`` checks (test_alert_rules.py) prove the files parse; this proves they work together
 against what the service really exports.
@@ -13,8 +16,10 @@ against what the service really exports.
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import subprocess
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,15 +32,31 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import Server, free_port, start_server, stop_server
+from tests.conftest import Server, free_port, republish, start_server, stop_server
 from training.data import digit_images
 
 from .conftest import ALERT_RULES, PROMETHEUS_CONFIG, iter_dashboard_queries, missing_tool
 
 pytestmark = pytest.mark.e2e
 
-#: Predictions sent, one image per request, so requests == predictions == N.
+#: Predictions sent at least, one image per request, so requests == predictions (a few more while
+#: the canary's share is random: see the ``monitored`` fixture); never more than MAX_REQUESTS.
 N_PREDICTIONS = 25
+MAX_REQUESTS = 200
+#: The repository's serving.yaml: two served versions, the canary takes half of /predict.
+SERVING_YAML = textwrap.dedent(
+    """\
+    models:
+      digits:
+        version_policy: {latest: 2}
+        labels:
+          stable: 1
+          canary: {version: 2, weight: 0.5}
+    """
+)
+#: The version labels that file exports: label -> (version, weight).
+LABELS = {"stable": ("1", 0.0), "canary": ("2", 0.5)}
+VERSIONS = {version for version, _ in LABELS.values()}
 #: Prometheus is ready in about a second and scrapes a new target about 5 s later (its service
 #: discovery sends updates every 5 s); the rest of each bound is slack for a busy 2-core runner.
 PROMETHEUS_START_TIMEOUT_S = 30.0
@@ -50,6 +71,8 @@ QUIET_WHEN_HEALTHY = (
     "ImgclsHighErrorRate",
     "ImgclsQueueSaturated",
     "ImgclsQueueBacklog",
+    "ImgclsCanaryErrorRateAboveStable",
+    "ImgclsServingConfigInvalid",
 )
 #: The Go zero time: what /api/v1/rules reports for a rule never evaluated.
 NEVER = "0001-01-01T00:00:00Z"
@@ -193,7 +216,10 @@ class Monitored:
     prometheus: Prometheus
     job: str
     instance: str
+    models_dir: Path
+    sent: int  # /predict requests sent (and answered 200), one image each
     top1: Counter[str]  # top-1 label of each prediction, as the clients received them
+    served_by: Counter[str]  # the version that answered each request, as the answers said
 
 
 def digit_pngs(count: int) -> list[bytes]:
@@ -212,14 +238,19 @@ def monitored(
     trained_repo: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Monitored]:
-    """A fresh service (so its counters start at 0) and a Prometheus scraping it, after
-    N_PREDICTIONS real /predict requests that Prometheus has already scraped.
+    """A fresh service (so its counters start at 0) on digits 1 and 2 with SERVING_YAML, and a
+    Prometheus scraping it, after at least N_PREDICTIONS real /predict requests, served by both
+    versions before and after a scrape, that Prometheus has already scraped.
 
     Module-scoped, with the same helpers as ``server_factory``, so that the tests below share
     one service and one Prometheus (starting TensorFlow costs far more than the checks).
     """
     workdir = tmp_path_factory.mktemp("prometheus-live")
-    server = start_server(trained_repo, workdir)
+    models_dir = workdir / "models"
+    shutil.copytree(trained_repo, models_dir)
+    assert republish(models_dir) == 2
+    (models_dir / "serving.yaml").write_text(SERVING_YAML)
+    server = start_server(models_dir, workdir)
     prometheus: Prometheus | None = None
     try:
         instance = server.url.removeprefix("http://")
@@ -244,24 +275,58 @@ def monitored(
         )
         assert target["labels"]["job"] == job
         assert target["scrapeUrl"] == f"{server.url}/metrics"
+        # /readyz waits for the default model; the canary may still be warming up.
+        prom.wait_for(
+            "both digits versions served (imgcls_model_info)",
+            lambda: prom.scalar('count(imgcls_model_info{name="digits"})'),
+            done=lambda count: count == 2,
+        )
 
         top1: Counter[str] = Counter()
+        served_by: Counter[str] = Counter()
+        expr = 'sum(imgcls_requests_total{route="/predict",code="200"})'
         with server.client() as client:
-            for index, png in enumerate(digit_pngs(N_PREDICTIONS)):
+            images = itertools.cycle(enumerate(digit_pngs(N_PREDICTIONS)))
+
+            def classify() -> str:
+                """POST one image to /predict; the version that answered."""
+                index, png = next(images)
                 response = client.post(
                     "/predict", files={"file": (f"digit-{index}.png", png, "image/png")}
                 )
                 assert response.status_code == 200, response.text
-                top1[response.json()["results"][0]["predictions"][0]["label"]] += 1
-        assert sum(top1.values()) == N_PREDICTIONS
+                answer = response.json()
+                top1[answer["results"][0]["predictions"][0]["label"]] += 1
+                assert answer["model"]["name"] == "digits"
+                version = str(answer["model"]["version"])
+                served_by[version] += 1
+                return version
 
-        expr = 'sum(imgcls_requests_total{route="/predict",code="200"})'
+            # Round 1, until each version has answered once: its series are born. A counter's
+            # first sample is rate()'s baseline, so the rates per version need round 2 too.
+            while set(served_by) != VERSIONS and sum(served_by.values()) < MAX_REQUESTS:
+                classify()
+            assert set(served_by) == VERSIONS, f"the canary weight split nothing: {served_by}"
+            first = sum(served_by.values())
+            prom.wait_for(
+                f"{expr} == {first}", lambda: prom.scalar(expr), done=lambda n: n == first
+            )
+            # Round 2, until N_PREDICTIONS in all and each version answered again.
+            again: set[str] = set()
+            while (again != VERSIONS or sum(served_by.values()) < N_PREDICTIONS) and sum(
+                served_by.values()
+            ) < MAX_REQUESTS:
+                again.add(classify())
+        sent = sum(served_by.values())
+        assert again == VERSIONS and sent >= N_PREDICTIONS, served_by
+        assert sum(top1.values()) == sent
+
         prom.wait_for(
-            f"{expr} == {N_PREDICTIONS}",
+            f"{expr} == {sent}",
             lambda: prom.scalar(expr),
-            done=lambda count: count == N_PREDICTIONS,
+            done=lambda count: count == sent,
         )
-        yield Monitored(server, prometheus, job, instance, top1)
+        yield Monitored(server, prometheus, job, instance, models_dir, sent, top1, served_by)
     finally:
         if prometheus is not None:
             stop_prometheus(prometheus)
@@ -277,10 +342,10 @@ def test_config_keeps_the_compose_job_name(monitored: Monitored) -> None:
 
 def test_request_and_prediction_counts(monitored: Monitored) -> None:
     prom = monitored.prometheus
-    assert prom.scalar('sum(imgcls_requests_total{route="/predict",code="200"})') == N_PREDICTIONS
+    assert prom.scalar('sum(imgcls_requests_total{route="/predict",code="200"})') == monitored.sent
     assert prom.scalar('sum(imgcls_requests_total{route="/predict",code!="200"})') is None
-    assert prom.scalar("sum(imgcls_predictions_total)") == N_PREDICTIONS
-    assert prom.scalar("sum(imgcls_prediction_confidence_count)") == N_PREDICTIONS
+    assert prom.scalar("sum(imgcls_predictions_total)") == monitored.sent
+    assert prom.scalar("sum(imgcls_prediction_confidence_count)") == monitored.sent
     # Per class, exactly what the clients were told.
     by_label = {
         series["metric"]["label"]: float(series["value"][1])
@@ -289,19 +354,87 @@ def test_request_and_prediction_counts(monitored: Monitored) -> None:
     assert by_label == {label: float(count) for label, count in monitored.top1.items()}
 
 
-def test_serving_model_and_readiness(monitored: Monitored) -> None:
+def values_by(prom: Prometheus, expr: str, label: str) -> dict[str, float]:
+    """``{series[label]: value}`` of an instant query (one series per value of ``label``)."""
+    result = prom.query(expr)
+    values = {series["metric"][label]: float(series["value"][1]) for series in result}
+    assert len(values) == len(result), f"{expr}: several series per {label}: {result}"
+    return values
+
+
+def test_counts_per_model_version(monitored: Monitored) -> None:
+    """Requests, predictions and confidences carry the model and the version that served them:
+    per version exactly what the answers told the clients (the canary's share included)."""
     prom = monitored.prometheus
-    (info,) = prom.query("imgcls_model_info")
-    assert info["metric"] == {
-        "__name__": "imgcls_model_info",
-        "job": monitored.job,
-        "instance": monitored.instance,
-        "name": "digits",
-        "version": "1",
-    }
-    assert float(info["value"][1]) == 1
+    told = {version: float(count) for version, count in monitored.served_by.items()}
+    assert set(told) == {"1", "2"}
+    assert (
+        values_by(
+            prom,
+            'imgcls_requests_total{route="/predict",code="200",model="digits"}',
+            "version",
+        )
+        == told
+    )
+    assert values_by(prom, "sum by (version) (imgcls_predictions_total)", "version") == told
+    assert values_by(prom, 'imgcls_prediction_confidence_count{model="digits"}', "version") == told
+    # Requests that no model served (probes, scrapes) carry empty model and version labels.
+    assert prom.scalar('sum(imgcls_requests_total{route="/predict",model=""})') is None
+    assert prom.scalar('sum(imgcls_requests_total{route="/metrics",model="",version=""})')
+
+
+def test_serving_versions_labels_and_readiness(monitored: Monitored) -> None:
+    prom = monitored.prometheus
+    infos = prom.query("imgcls_model_info")
+    assert sorted((info["metric"] for info in infos), key=lambda m: m["version"]) == [
+        {
+            "__name__": "imgcls_model_info",
+            "job": monitored.job,
+            "instance": monitored.instance,
+            "name": "digits",
+            "version": version,
+        }
+        for version in ("1", "2")
+    ]
+    assert all(float(info["value"][1]) == 1 for info in infos)
     assert prom.scalar("imgcls_model_ready") == 1
     assert prom.scalar('sum(imgcls_model_reloads_total{result="failure"})') == 0
+    # serving.yaml, as exported: which version each label names, and its weight.
+    labels = {
+        series["metric"]["version_label"]: series["metric"]["version"]
+        for series in prom.query('imgcls_version_label_info{model="digits"}')
+    }
+    assert labels == {label: version for label, (version, _) in LABELS.items()}
+    weights = values_by(prom, 'imgcls_version_label_weight{model="digits"}', "version_label")
+    assert weights == {label: weight for label, (_, weight) in LABELS.items()}
+    assert prom.scalar("imgcls_serving_config_valid") == 1
+
+
+def test_stable_and_canary_recording_rules(monitored: Monitored) -> None:
+    """The recording rules behind the canary alerts and panel see both versions, by label:
+    no 5xx on either (a ratio of 0, not missing) and a mean confidence in (0, 1]."""
+    prom = monitored.prometheus
+    by_label = (
+        'imgcls:version_label_info:max{{model="digits"}} * on (job, model, version) group_left() {}'
+    )
+
+    def per_label(rule: str) -> dict[str, float]:
+        return values_by(prom, by_label.format(rule), "version_label")
+
+    errors = prom.wait_for(
+        "5xx ratio of stable and canary recorded",
+        lambda: per_label("imgcls:request_errors_by_version:ratio_rate5m"),
+        done=lambda ratios: set(ratios) == set(LABELS),
+    )
+    assert errors == {"stable": 0.0, "canary": 0.0}
+    confidence = prom.wait_for(
+        "mean confidence of stable and canary recorded",
+        lambda: per_label("imgcls:prediction_confidence_by_version:mean_rate5m"),
+        done=lambda means: set(means) == set(LABELS),
+    )
+    assert all(0.0 < mean <= 1.0 for mean in confidence.values()), confidence
+    rates = per_label("imgcls:requests_by_version:rate5m")
+    assert set(rates) == set(LABELS) and all(rate > 0 for rate in rates.values()), rates
 
 
 # --- the rules ------------------------------------------------------------------------------
@@ -365,4 +498,48 @@ def test_every_dashboard_query_evaluates_and_returns_data(monitored: Monitored) 
         "every dashboard query returns data (last: the empty ones)",
         lambda: [query for query in queries if not prom.query(query)],
         done=lambda empty: not empty,
+    )
+
+
+# --- last: it changes the service's configuration ------------------------------------------------
+def alert_state(prom: Prometheus, name: str) -> str:
+    groups = prom.api("rules", type="alert")["data"]["groups"]
+    (state,) = [
+        rule["state"] for group in groups for rule in group["rules"] if rule["name"] == name
+    ]
+    return str(state)
+
+
+def test_invalid_serving_config_is_reported_and_the_last_good_one_kept(
+    monitored: Monitored,
+) -> None:
+    """A broken serving.yaml turns imgcls_serving_config_valid to 0 and ImgclsServingConfigInvalid
+    pending (it fires after 5 minutes), while the labels keep their last good versions."""
+    prom = monitored.prometheus
+    config = monitored.models_dir / "serving.yaml"
+    config.write_text(SERVING_YAML.replace("weight: 0.5", "weight: 1.5"))
+    try:
+        prom.wait_for(
+            "imgcls_serving_config_valid == 0",
+            lambda: prom.scalar("imgcls_serving_config_valid"),
+            done=lambda valid: valid == 0,
+        )
+        prom.wait_for(
+            "ImgclsServingConfigInvalid pending",
+            lambda: alert_state(prom, "ImgclsServingConfigInvalid"),
+            done=lambda state: state == "pending",
+        )
+        weights = values_by(prom, 'imgcls_version_label_weight{model="digits"}', "version_label")
+        assert weights == {label: weight for label, (_, weight) in LABELS.items()}
+    finally:
+        config.write_text(SERVING_YAML)
+    prom.wait_for(
+        "imgcls_serving_config_valid back to 1",
+        lambda: prom.scalar("imgcls_serving_config_valid"),
+        done=lambda valid: valid == 1,
+    )
+    prom.wait_for(
+        "ImgclsServingConfigInvalid inactive again",
+        lambda: alert_state(prom, "ImgclsServingConfigInvalid"),
+        done=lambda state: state == "inactive",
     )

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,12 +27,13 @@ from PIL import Image
 
 from service.app import create_app
 from service.batching import Batcher
+from service.decode_step import _decode_inline, decode_all
 from service.deps import get_state
 from service.errors import ClientError
 from service.images import declared_pixels
 from service.model_store import ModelStore
-from service.routes.predict import Upload, _decode_inline, decode_all
 from service.settings import Settings
+from service.uploads import Upload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,16 +183,23 @@ def decode_pool() -> Iterator[ThreadPoolExecutor]:
     pool.shutdown()
 
 
-def _state(pool: ThreadPoolExecutor, inline_max: int) -> Any:
-    settings = Settings(inline_decode_max_pixels=inline_max)
-    return SimpleNamespace(settings=settings, decode_pool=pool)
+def _decode(uploads: list[Upload], pool: ThreadPoolExecutor, inline_max: int) -> list[Any]:
+    settings = Settings()
+    return asyncio.run(
+        decode_all(
+            uploads,
+            (28, 28),
+            pool,
+            max_pixels=settings.max_pixels,
+            inline_max_pixels=inline_max,
+        )
+    )
 
 
 def test_inline_and_pool_decoding_agree(decode_pool: ThreadPoolExecutor) -> None:
     uploads = [Upload("a.png", png(28, 28)), Upload("b.png", png(40, 30, "RGB"))]
-    model = SimpleNamespace(input_size=(28, 28))
-    inline = asyncio.run(decode_all(uploads, model, _state(decode_pool, 4096)))  # type: ignore[arg-type]
-    pooled = asyncio.run(decode_all(uploads, model, _state(decode_pool, 0)))  # type: ignore[arg-type]
+    inline = _decode(uploads, decode_pool, 4096)
+    pooled = _decode(uploads, decode_pool, 0)
     assert len(inline) == len(pooled) == 2
     for a, b in zip(inline, pooled, strict=True):
         assert a.shape == (28, 28, 3) and a.dtype == np.float32
@@ -204,9 +211,7 @@ def test_inline_decode_errors_name_the_image(decode_pool: ThreadPoolExecutor) ->
     uploads = [Upload("ok.png", png(28, 28)), Upload("bad.png", truncated)]
     assert declared_pixels(truncated) == 784
     with pytest.raises(ClientError) as caught:
-        asyncio.run(
-            decode_all(uploads, SimpleNamespace(input_size=(28, 28)), _state(decode_pool, 4096))  # type: ignore[arg-type]
-        )
+        _decode(uploads, decode_pool, 4096)
     assert caught.value.status_code == 400
     assert "image 2 ('bad.png')" in str(caught.value.detail)
 

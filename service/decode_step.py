@@ -1,0 +1,83 @@
+"""The one decode step between reading a request and queueing it: every upload's header is
+probed once, then the images are decoded to the model's input size on the event loop (tiny
+ones, cheaper than a thread hop) or on the decode pool (everything else)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+
+import numpy as np
+
+from service.errors import ClientError
+from service.images import ImageError, declared_pixels, decode_image, sniff_format
+from service.uploads import Upload
+
+_REASONS = {400: "bad_request", 413: "too_large", 415: "unsupported"}
+
+
+def _decode_one(upload: Upload, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    return decode_image(upload.data, target_size=size, max_pixels=max_pixels).array
+
+
+def _decode_inline(uploads: Sequence[Upload], size: tuple[int, int], max_pixels: int) -> bool:
+    """True when every upload and the model input have at most ``max_pixels`` pixels: such an
+    image decodes in well under 0.1 ms, less than the hop to a decode thread and back costs
+    (a GIL handoff that waits up to 5 ms while the event loop is busy)."""
+    if size[0] * size[1] > max_pixels:
+        return False
+    for upload in uploads:
+        pixels = declared_pixels(upload.data)
+        if pixels is None or pixels > max_pixels:
+            return False
+    return True
+
+
+def image_client_error(exc: ImageError, index: int, filename: str, count: int) -> ClientError:
+    """An image's decoding error as the 4xx of the request that carried it."""
+    where = f"{filename!r}" if count == 1 else f"image {index + 1} ({filename!r})"
+    return ClientError(
+        exc.status_code, f"{where}: {exc.detail}", reason=_REASONS.get(exc.status_code)
+    )
+
+
+async def decode_all(
+    uploads: Sequence[Upload],
+    input_size: tuple[int, int],
+    pool: Executor,
+    *,
+    max_pixels: int,
+    inline_max_pixels: int,
+) -> list[np.ndarray]:
+    """Decode every upload to ``input_size`` (height, width) float32 RGB pixels 0..255; the
+    first bad one fails the request (4xx naming it)."""
+    for index, upload in enumerate(uploads):
+        # Cheap checks first, on the loop: no thread hop for empty or non-image bytes.
+        if not upload.data or sniff_format(upload.data) is None:
+            try:
+                decode_image(upload.data, target_size=input_size, max_pixels=max_pixels)
+            except ImageError as exc:
+                raise image_client_error(exc, index, upload.filename, len(uploads)) from None
+    if _decode_inline(uploads, input_size, inline_max_pixels):
+        arrays: list[np.ndarray] = []
+        for index, upload in enumerate(uploads):
+            try:
+                arrays.append(_decode_one(upload, input_size, max_pixels))
+            except ImageError as exc:
+                raise image_client_error(exc, index, upload.filename, len(uploads)) from None
+        return arrays
+    loop = asyncio.get_running_loop()
+    futures = [
+        loop.run_in_executor(pool, _decode_one, upload, input_size, max_pixels)
+        for upload in uploads
+    ]
+    arrays = []
+    for index, future in enumerate(futures):
+        try:
+            arrays.append(await future)
+        except ImageError as exc:
+            for other in futures[index + 1 :]:
+                other.cancel()
+            raise image_client_error(exc, index, uploads[index].filename, len(uploads)) from None
+    return arrays

@@ -1,0 +1,130 @@
+"""The steps every inference route shares, whatever its protocol: choose the model version,
+decode, queue on that model's batcher (dropped if the client hangs up), count the predictions.
+
+Routes parse and answer their protocol; this module is the one path between them and the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from starlette.requests import Request
+
+from service.decode_step import decode_all
+from service.disconnect import unless_disconnected
+from service.errors import ClientError
+from service.inference import Prediction, classify
+from service.model_store import LoadedModel
+from service.protocols.tensors import ImagesInput
+from service.repository import ServedModel
+from service.state import ServiceState
+from service.uploads import Upload
+
+#: ASGI scope key where a route records the version that served the request, for the request
+#: metrics' ``model`` and ``version`` labels (set only once the model is known: bounded).
+SCOPE_MODEL_KEY = "imgcls.model"
+
+
+def choose_model(
+    state: ServiceState,
+    name: str | None = None,
+    *,
+    version: int | str | None = None,
+    label: str | None = None,
+) -> tuple[ServedModel, LoadedModel]:
+    """The model and version to run (404 unknown, 503 none ready or shutting down)."""
+    if state.shutting_down:
+        raise ClientError(
+            503,
+            "the service is shutting down; retry on another replica",
+            reason="shutting_down",
+            headers={"Retry-After": str(state.settings.retry_after_s)},
+        )
+    return state.repository.resolve(name, version=version, label=label)
+
+
+def record_model(request: Request, model: LoadedModel) -> None:
+    """Label this request's metrics with the version that serves it."""
+    request.scope[SCOPE_MODEL_KEY] = (model.name, str(model.version))
+
+
+async def decode_uploads(
+    state: ServiceState, uploads: Sequence[Upload], model: LoadedModel
+) -> list[np.ndarray]:
+    """Encoded images -> the model's input size, float32 RGB 0..255 (4xx for a bad one)."""
+    settings = state.settings
+    return await decode_all(
+        uploads,
+        model.input_size,
+        state.decode_pool,
+        max_pixels=settings.max_pixels,
+        inline_max_pixels=settings.inline_decode_max_pixels,
+    )
+
+
+async def predict(
+    request: Request,
+    state: ServiceState,
+    served: ServedModel,
+    model: LoadedModel,
+    images: Sequence[np.ndarray],
+) -> list[Prediction]:
+    """Run ``images`` (one request's) on ``model`` through ``served``'s batcher; a client that
+    disconnects while queued frees its queue slots instead of being computed."""
+    record_model(request, model)
+    if len(images) > served.limits.max_queue_size:
+        raise ClientError(
+            413,
+            f"{len(images)} images can never fit the queue of {model.name!r} "
+            f"({served.limits.max_queue_size} images): send fewer per request, or raise "
+            "IMGCLS_MAX_QUEUE_SIZE (or the model's limits.max_queue_size in serving.yaml)",
+            reason="too_large",
+        )
+    predictions = await unless_disconnected(
+        request.receive,
+        classify(
+            served.batcher,
+            model,
+            images,
+            timeout_s=served.limits.request_timeout_s,
+            retry_after_s=state.settings.retry_after_s,
+        ),
+    )
+    top = [int(np.argmax(p.probabilities)) for p in predictions]
+    state.metrics.observe_predictions(
+        model.name,
+        str(model.version),
+        [model.metadata.class_names[i] for i in top],
+        [float(p.probabilities[i]) for p, i in zip(predictions, top, strict=True)],
+    )
+    return predictions
+
+
+async def tensor_images(
+    state: ServiceState, images: ImagesInput, model: LoadedModel
+) -> list[np.ndarray]:
+    """A tensor protocol's images -> model inputs: encoded ones decoded as ``/predict`` does,
+    pixel arrays as they are (the model resizes and converts them itself)."""
+    if images.encoded is not None:
+        return await decode_uploads(state, images.encoded, model)
+    return images.pixels or []
+
+
+def parse_top_k(raw: str | None, max_top_k: int) -> int:
+    """``top_k`` from the query string: default 5, 1..``max_top_k``."""
+    if raw is None:
+        return 5
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ClientError(
+            400, f"top_k must be an integer, got {raw[:40]!r}", reason="bad_request"
+        ) from None
+    if not 1 <= value <= max_top_k:
+        raise ClientError(
+            400,
+            f"top_k must be between 1 and {max_top_k} (IMGCLS_MAX_TOP_K), got {value}",
+            reason="bad_request",
+        )
+    return value

@@ -1,0 +1,118 @@
+"""The Open Inference Protocol V2 (KServe V2 / Triton) over REST: server and model health and
+metadata, and ``/v2/models/{name}[/versions/{v}]/infer`` with JSON or binary tensors. Same
+batcher, limits, metrics and API keys as ``/predict``; wire format in ``service.protocols.v2``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from service import pipeline
+from service.auth import check_api_key
+from service.deps import get_state
+from service.protocols import v2
+from service.protocols.body import parse_json, read_protocol_body
+from service.state import ServiceState
+
+router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
+State = Annotated[ServiceState, Depends(get_state)]
+
+SERVER_NAME = "imgcls"
+SERVER_VERSION = "0.1.0"
+
+
+@router.get("", summary="Server metadata: name, version, extensions")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(v2.EXTENSIONS)}
+
+
+@router.get("/health/live", summary="200 while the process lives")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="200 when every model found is read and the default served")
+async def ready(state: State) -> JSONResponse:
+    is_ready = state.ready
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
+    served, model = pipeline.choose_model(state, name, version=version)
+    if version is None:
+        model = served.default_version() or model
+    return v2.model_metadata(name, list(served.store.served), model)
+
+
+@router.get("/models/{name}", summary="Model metadata: inputs, outputs, datatypes, shapes")
+async def model_metadata(name: str, state: State) -> dict[str, Any]:
+    return _metadata(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+async def version_metadata(name: str, version: str, state: State) -> dict[str, Any]:
+    return _metadata(state, name, version)
+
+
+def _ready(state: ServiceState, name: str, version: str | None) -> JSONResponse:
+    served = state.repository.get(name)  # 404 for an unknown model
+    if version is None:
+        is_ready = served.ready
+    else:
+        number = int(version) if version.isdigit() and len(version) < 12 else -1
+        is_ready = served.batcher.running and number in served.store.served
+    is_ready = is_ready and not state.shutting_down
+    return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/models/{name}/ready", summary="200 when the model has a served version")
+async def model_ready(name: str, state: State) -> JSONResponse:
+    return _ready(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="200 when that version is served")
+async def version_ready(name: str, version: str, state: State) -> JSONResponse:
+    return _ready(state, name, version)
+
+
+async def _infer(
+    request: Request, state: ServiceState, name: str, version: str | None = None
+) -> Response:
+    check_api_key(request, state.settings.api_keys)
+    served, model = pipeline.choose_model(state, name, version=version)
+    body = await read_protocol_body(request, state.upload_limits)
+    json_part, binary = v2.split_body(body, request.headers.get(v2.HEADER_LENGTH))
+    infer_request = v2.parse_infer(
+        parse_json(json_part),
+        binary,
+        max_images=state.settings.max_images_per_request,
+        max_pixels=state.settings.max_pixels,
+    )
+    images = await pipeline.tensor_images(state, infer_request.images, model)
+    predictions = await pipeline.predict(request, state, served, model, images)
+    answer, tail = v2.infer_answer(
+        infer_request, model, np.stack([p.probabilities for p in predictions])
+    )
+    if not tail and not infer_request.output.binary:
+        return JSONResponse(answer)
+    head = json.dumps(answer, separators=(",", ":")).encode()
+    return Response(
+        head + tail,
+        media_type="application/octet-stream",
+        headers={v2.HEADER_LENGTH: str(len(head))},
+    )
+
+
+@router.post("/models/{name}/infer", summary="Inference (the default version)")
+async def infer(name: str, request: Request, state: State) -> Response:
+    return await _infer(request, state, name)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
+async def infer_version(name: str, version: str, request: Request, state: State) -> Response:
+    return await _infer(request, state, name, version)
