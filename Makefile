@@ -49,7 +49,7 @@ test: install system-deps
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
 
-# The load benchmark (BENCHMARKS.md), about 9 minutes; needs wrk (`make system-deps` installs it).
+# The load benchmark (BENCHMARKS.md), about 20 minutes (14 with `-m bench --no-knobs`); needs wrk.
 # `$(PY) -m bench --quick` is a half-minute smoke run of the same harness.
 bench: install
 	$(PY) -m bench

@@ -7,14 +7,27 @@ reference measured in the same run, interleaved level by level so that other loa
 machine hits both alike:
 
 * the loadgen probe: wrk against a constant-answer asyncio server, to show wrk is not the limit;
-* the HTTP ceiling: the service's stack without a model (:mod:`bench.ceiling_app`);
+* the bare ceiling: a minimal FastAPI app, Pillow decode and resize, a constant answer
+  (:mod:`bench.bare_app`, nothing of the service);
+* the bare unbatched app: the same plus one SavedModel call per request (:mod:`bench.bare_app`);
+* the own-stack HTTP ceiling: the service's stack without a model (:mod:`bench.ceiling_app`);
 * the unbatched service: the defaults with ``IMGCLS_MAX_BATCH_SIZE=1``;
 * the compute ceiling: the SavedModel called in-process at its best batch size
   (:mod:`bench.compute`);
 * for each setting tried, the service with its defaults, measured right beside it.
 
-Writes ``bench/results/results.json``, ``bench/results/benchmark.png`` and
-``bench/results/summary.md``. ``--quick`` is a few-second smoke run of the same harness.
+Two workloads: ``digits`` (one 540-byte 28x28 PNG per request, the default model) and
+``photos`` (640x480 JPEG photos of 50-100 KB to a model trained on photos, 96x96x3;
+:mod:`bench.photos`), plus a compute-heavy model (VGG-16 at 48x48x3). The goals' points (c=32
+and c=64) are measured ``--repeats`` times, servers in rotating order, and the run with the
+median rate is reported; the other points once.
+
+It also measures the service's per-request CPU budget (digits, c=32, sampled with py-spy;
+:mod:`bench.budget`; skipped when py-spy is not installed).
+
+Writes ``bench/results/results.json``, ``bench/results/benchmark.png``,
+``bench/results/summary.md`` and ``bench/results/budget/``. ``--quick`` is a smoke run of the
+same harness (about two minutes, most of it starting servers and training the photo model).
 """
 
 from __future__ import annotations
@@ -33,12 +46,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, report
+from bench import budget, loadgen, report
 from bench.loadgen import LevelResult
 from bench.models import DIGITS, ensure_digits, ensure_heavy, heavy_name, newest_version_dir
+from bench.photos import PHOTOS, ensure_photo_workload, jpeg_decode_rate
 from bench.servers import (
     ROOT,
     ServerProcess,
+    bare_spec,
     box_busy_cpu_s,
     ceiling_spec,
     fetch_text,
@@ -49,6 +64,8 @@ from bench.servers import (
 
 DEFAULT_OUT = ROOT / "bench" / "results"
 MULTI_IMAGE = 8  # images per request in the multi-image runs
+#: The bare references take one ``UploadFile``: they are measured at one image per request.
+SINGLE_IMAGE_ONLY = frozenset({"bare_ceiling", "bare_unbatched"})
 
 Knob = dict[str, object]
 
@@ -65,6 +82,13 @@ class Plan:
     heavy: bool
     heavy_arch: str
     heavy_side: int
+    repeats: int = 1
+    repeated: frozenset[int] = frozenset({32, 64})  # the goals' levels; the others run once
+    budget_s: int = 20  # seconds of the CPU budget's load (0: no budget)
+    photos: bool = True
+    photo_levels: tuple[int, ...] = (1, 32, 64)
+    photo_per_class: int = 60
+    photo_epochs: int = 3
     knob_levels: tuple[int, ...] = ()
     knob_duration_s: int = 3
     heavy_knob_levels: tuple[int, ...] = (32,)
@@ -83,6 +107,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
             heavy=False,
             heavy_arch=args.heavy_arch,
             heavy_side=args.heavy_side,
+            repeats=1,
+            budget_s=0 if args.no_budget else 3,
+            photos=not args.no_photos,
+            photo_levels=(8,),
+            photo_per_class=12,
+            photo_epochs=1,
         )
     knobs = not args.no_knobs
     return Plan(
@@ -94,6 +124,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         heavy=not args.no_heavy,
         heavy_arch=args.heavy_arch,
         heavy_side=args.heavy_side,
+        repeats=args.repeats,
+        budget_s=0 if args.no_budget else 20,
+        photos=not args.no_photos,
         knob_levels=(1, 32, 64) if knobs else (),
         knob_duration_s=max(2, args.duration - 1),
         digits_knobs=[
@@ -253,10 +286,17 @@ class Runner:
         return result
 
     def warm(self, server: ServerProcess) -> None:
-        """One second of load, discarded: connections, caches and code paths warm."""
-        loadgen.run_wrk(
+        """One second of load, discarded: connections, caches and code paths warm. A server
+        that answers anything but 2xx there is broken: stop with its log rather than measure
+        how fast it fails."""
+        result = loadgen.run_wrk(
             server.url + "/predict", self.scripts[1], concurrency=8, duration_s=1, cpu=self.cpu
         )
+        if result.errors["status"] or not result.requests:
+            raise RuntimeError(
+                f"{server.name} answered {result.errors['status']} of {result.requests} "
+                f"warm-up requests with an error status; its log:\n{server.log_tail()}"
+            )
 
     def interleaved(
         self,
@@ -264,21 +304,49 @@ class Runner:
         points: Iterable[tuple[int, int]],
         duration_s: int,
         prefix: str = "",
+        repeats: int = 1,
+        repeated: frozenset[int] | None = None,
     ) -> dict[str, list[LevelResult]]:
         """Each (concurrency, images) point on every server back to back, the order rotating
-        from point to point, so slow drifts in the machine's load fall on all of them alike."""
+        from point to point (and from repeat to repeat), so slow drifts in the machine's load
+        fall on all of them alike. With ``repeats`` > 1 the whole sequence runs that many
+        times and each point keeps the run with the median rate (all rates in
+        ``extra["repeats_rps"]``); ``repeated`` limits the repeats to points of those
+        concurrencies (None: every point). Servers in :data:`SINGLE_IMAGE_ONLY` skip
+        multi-image points.
+        """
         for server in servers.values():
             self.warm(server)
-        results: dict[str, list[LevelResult]] = {name: [] for name in servers}
+        points = list(points)
+        runs: dict[tuple[str, int], list[LevelResult]] = {}
         names = list(servers)
-        for index, (concurrency, images) in enumerate(points):
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                label = f"{prefix}{name}"
-                results[name].append(
-                    self.level(servers[name], concurrency, images, duration_s, label)
-                )
+        for repeat in range(repeats):
+            for index, (concurrency, images) in enumerate(points):
+                if repeat and repeated is not None and concurrency not in repeated:
+                    continue
+                shift = (index + repeat) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    if images > 1 and name in SINGLE_IMAGE_ONLY:
+                        continue
+                    tag = f" #{repeat + 1}" if repeats > 1 else ""
+                    level = self.level(
+                        servers[name], concurrency, images, duration_s, f"{prefix}{name}{tag}"
+                    )
+                    runs.setdefault((name, index), []).append(level)
+        results: dict[str, list[LevelResult]] = {name: [] for name in servers}
+        for (name, _index), levels in sorted(runs.items(), key=lambda item: item[0][1]):
+            results[name].append(median_level(levels))
         return results
+
+
+def median_level(levels: list[LevelResult]) -> LevelResult:
+    """The level with the median rate (the lower middle one of an even count); every run's
+    rate is kept in its ``extra["repeats_rps"]``."""
+    ranked = sorted(levels, key=lambda level: level.rps)
+    chosen = ranked[(len(ranked) - 1) // 2]
+    if len(levels) > 1:
+        chosen.extra["repeats_rps"] = [level.rps for level in levels]
+    return chosen
 
 
 def stop_all(servers: Iterable[ServerProcess]) -> None:
@@ -351,6 +419,66 @@ def run_knobs(
     return entries
 
 
+def start_servers(specs: dict[str, tuple[ServerProcess, str]]) -> dict[str, ServerProcess]:
+    """Start every server in parallel and wait until all are ready; name -> server."""
+    return dict(zip(specs, wait_ready(list(specs.values())), strict=True))
+
+
+def run_photos(plan: Plan, cache: Path, logs: Path, cpu: int | None, out: Path) -> dict[str, Any]:
+    """The photo workload: the service and every reference on 640x480 JPEG photos, a model
+    trained on photos (96x96x3), beside the machine's JPEG decode rate on one core."""
+    workload = ensure_photo_workload(
+        cache, per_class=plan.photo_per_class, epochs=plan.photo_epochs
+    )
+    version = newest_version_dir(workload.models_dir, PHOTOS)
+    print(f"model {PHOTOS}: {version}", flush=True)
+    meta = json.loads((version / "metadata.json").read_text())
+    height, width = meta["input"]["height"], meta["input"]["width"]
+    photos: dict[str, Any] = {"version_dir": str(version)}
+    photos["decode"] = jpeg_decode_rate(workload.served, min(2.0, 4 * plan.compute_seconds))
+    print(
+        f"  JPEG decode, one thread: {photos['decode']['decode_per_s_one_core']:.0f}/s full size, "
+        f"{photos['decode']['decode_resize_per_s_one_core']:.0f}/s with the resize",
+        flush=True,
+    )
+    photos["compute"] = compute_ceiling(version, plan.compute_seconds)
+    requests = [[(path.name, path.read_bytes())] for path in workload.served]
+    script = loadgen.write_rotating_script(out / "scripts", requests, "photos")
+    runner = Runner({1: script}, cpu)
+    models_dir = workload.models_dir
+    servers = start_servers(
+        {
+            "service": service_spec(models_dir, PHOTOS, logs, "service-photos"),
+            "bare_ceiling": bare_spec(logs, "bare-ceiling-photos", height=height, width=width),
+            "bare_unbatched": bare_spec(
+                logs, "bare-unbatched-photos", height=height, width=width, model_dir=version
+            ),
+            "ceiling": ceiling_spec(logs, "ceiling-photos", height=height, width=width),
+            "unbatched": service_spec(
+                models_dir, PHOTOS, logs, "unbatched-photos", max_batch_size=1
+            ),
+        }
+    )
+    try:
+        photos["runs"] = runner.interleaved(
+            servers,
+            [(c, 1) for c in plan.photo_levels],
+            plan.duration_s,
+            prefix="photos ",
+            repeats=plan.repeats,
+            repeated=plan.repeated,
+        )
+    finally:
+        stop_all(servers.values())
+    photos["workload"] = {
+        "photos": len(workload.served),
+        "jpeg_bytes": [path.stat().st_size for path in workload.served],
+        "size": [640, 480],
+        "source": "crops of scikit-learn's sample photos (china.jpg, flower.jpg)",
+    }
+    return photos
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     plan = make_plan(args)
     out: Path = args.out
@@ -381,6 +509,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "loadgen": f"wrk 1 thread, <concurrency> keep-alive connections (closed loop), "
             f"pinned to CPU {cpu}; servers unpinned (both cores)",
             "image_bytes": len(png),
+            "repeats": plan.repeats,
+            "repeated_concurrencies": sorted(plan.repeated),
+            "photo_levels": list(plan.photo_levels) if plan.photos else [],
         },
         "models": {},
         "knobs": [],
@@ -404,23 +535,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     height, width = meta["input"]["height"], meta["input"]["width"]
     digits: dict[str, Any] = {"version_dir": str(digits_version)}
     digits["compute"] = compute_ceiling(digits_version, plan.compute_seconds)
-    servers = dict(
-        zip(
-            ("ceiling", "service", "unbatched"),
-            wait_ready(
-                [
-                    ceiling_spec(logs, "ceiling", height=height, width=width),
-                    service_spec(digits_dir, DIGITS, logs, "service-digits"),
-                    service_spec(digits_dir, DIGITS, logs, "unbatched-digits", max_batch_size=1),
-                ]
+    servers = start_servers(
+        {
+            "service": service_spec(digits_dir, DIGITS, logs, "service-digits"),
+            "bare_ceiling": bare_spec(logs, "bare-ceiling-digits", height=height, width=width),
+            "bare_unbatched": bare_spec(
+                logs, "bare-unbatched-digits", height=height, width=width, model_dir=digits_version
             ),
-            strict=True,
-        )
+            "ceiling": ceiling_spec(logs, "ceiling", height=height, width=width),
+            "unbatched": service_spec(
+                digits_dir, DIGITS, logs, "unbatched-digits", max_batch_size=1
+            ),
+        }
     )
     try:
         points = [(c, 1) for c in plan.levels] + [(c, MULTI_IMAGE) for c in plan.multi_levels]
-        digits["runs"] = runner.interleaved(servers, points, plan.duration_s)
-        servers.pop("unbatched").stop()
+        digits["runs"] = runner.interleaved(
+            servers, points, plan.duration_s, repeats=plan.repeats, repeated=plan.repeated
+        )
+        for name in ("unbatched", "bare_ceiling", "bare_unbatched"):
+            servers.pop(name).stop()
         results["models"][DIGITS] = digits
         if plan.digits_knobs:
             print("settings, digits (each beside the defaults)", flush=True)
@@ -442,6 +576,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     finally:
         stop_all(servers.values())
+
+    # --- the per-request CPU budget of the service (digits, c=32, py-spy) ----------------------
+    if plan.budget_s:
+        print("CPU budget: the service under wrk, sampled with py-spy", flush=True)
+        results["budget"] = budget.run_budget(
+            digits_dir,
+            DIGITS,
+            scripts[1],
+            out / "budget",
+            duration_s=plan.budget_s,
+            cpu=cpu,
+        )
+        if "skipped" in results["budget"]:
+            print(f"  skipped: {results['budget']['skipped']}", flush=True)
+        else:
+            print(budget.table(results["budget"]), flush=True)
+
+    # --- photos: 640x480 JPEGs to a 96x96x3 model ----------------------------------------------
+    if plan.photos:
+        results["models"][PHOTOS] = run_photos(plan, args.cache, logs, cpu, out)
 
     # --- a compute-heavy model ----------------------------------------------------------------
     if plan.heavy:
@@ -465,7 +619,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             heavy["runs"] = runner.interleaved(
-                servers, [(c, 1) for c in plan.levels], plan.duration_s
+                servers,
+                [(c, 1) for c in plan.levels],
+                plan.duration_s,
+                repeats=plan.repeats,
+                repeated=plan.repeated,
             )
             servers.pop("unbatched").stop()
             if plan.heavy_knobs:
@@ -533,6 +691,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-heavy", action="store_true", help="skip the compute-heavy model")
     parser.add_argument("--no-knobs", action="store_true", help="skip the settings sweep")
+    parser.add_argument("--no-photos", action="store_true", help="skip the photo workload")
+    parser.add_argument(
+        "--no-budget", action="store_true", help="skip the per-request CPU budget (py-spy)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of the c=32 and c=64 points (interleaved; the median is reported)",
+    )
     parser.add_argument("--heavy-arch", default="vgg16", help="architecture of the heavy model")
     parser.add_argument("--heavy-side", type=int, default=48, help="its input side, pixels")
     args = parser.parse_args(argv)

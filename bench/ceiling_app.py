@@ -1,12 +1,13 @@
-"""The HTTP ceiling: the service's stack with no model, answering a constant prediction.
+"""The own-stack HTTP ceiling: the service's stack with no model, answering a constant prediction.
 
 Same server (uvicorn with the service's config and guarded HTTP protocol), same framework
 (FastAPI), same middleware (request metrics, drain), and the service's own upload reading
-(``read_uploads``: body limits and timeout, multipart parsing) and decoding (``decode_all``:
-sniffing, Pillow decode, resize to the model's input), then a constant top-5 per image rendered
-the same way. What it leaves out is exactly what batching can change: the queue, the model
-thread and the model call (and the disconnect watch around them). So the service can approach
-this rate but not pass it (at the same worker count).
+(:func:`service.uploads.read_uploads`: body limits and timeout, multipart parsing) and decoding
+(:func:`service.decode_step.decode_all`: sniffing, Pillow decode, resize to the model's input),
+then a constant top-5 per image rendered the same way. It imports lower layers of the service
+only, never a route module. What it leaves out is exactly what batching can change: the queue,
+the model thread and the model call (and the disconnect watch around them). So the service can
+approach this rate but not pass it (at the same worker count).
 
 ``python -m bench.ceiling_app``; settings from ``IMGCLS_*`` like the service (port, workers,
 decode threads, limits) and ``BENCH_TARGET_SIZE=H,W`` (the model input to resize to).
@@ -26,13 +27,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.app import RequestMetricsMiddleware
+from service.decode_step import decode_all
 from service.errors import ClientError
 from service.inference import top_k
 from service.metrics import ServiceMetrics
-from service.routes.predict import decode_all, read_uploads
-from service.server import CloseConnectionsWhileDraining
+from service.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
 from service.settings import Settings
+from service.uploads import UploadLimits, read_uploads
 
 TARGET_SIZE_ENV = "BENCH_TARGET_SIZE"
 CLASS_NAMES = [str(i) for i in range(10)]
@@ -43,17 +44,9 @@ CONSTANT_PROBABILITIES = np.array(
 
 
 @dataclass
-class _Model:
-    """What ``decode_all`` reads from a loaded model: the input size only."""
-
-    input_size: tuple[int, int]
-
-
-@dataclass
 class _State:
-    """What ``read_uploads``/``decode_all`` read from the service state."""
+    """What the route needs at run time: the decode pool (made in the lifespan)."""
 
-    settings: Settings
     decode_pool: ThreadPoolExecutor
 
 
@@ -65,14 +58,19 @@ def _target_size() -> tuple[int, int]:
 def create_app() -> FastAPI:
     """The ceiling app; a factory so that uvicorn's worker processes can build it too."""
     settings = Settings()
-    model = _Model(_target_size())
+    input_size = _target_size()
+    limits = UploadLimits(
+        max_body_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_images=settings.max_images_per_request,
+    )
     metrics = ServiceMetrics(settings.max_batch_size)
     holder: dict[str, _State] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        holder["state"] = _State(settings, pool)
+        holder["state"] = _State(pool)
         try:
             yield
         finally:
@@ -90,16 +88,21 @@ def create_app() -> FastAPI:
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
-        state = holder["state"]
-        uploads = await read_uploads(request, state)  # type: ignore[arg-type]
-        arrays = await decode_all(uploads, model, state)  # type: ignore[arg-type]
+        uploads = await read_uploads(request, limits)
+        arrays = await decode_all(
+            uploads,
+            input_size,
+            holder["state"].decode_pool,
+            max_pixels=settings.max_pixels,
+            inline_max_pixels=settings.inline_decode_max_pixels,
+        )
         ranked = top_k(CONSTANT_PROBABILITIES, CLASS_NAMES, 5)
         results = [
             {"filename": upload.filename, "predictions": ranked}
             for upload, _ in zip(uploads, arrays, strict=True)
         ]
         metrics.observe_predictions(
-            [ranked[0]["label"]] * len(results), [ranked[0]["score"]] * len(results)
+            "ceiling", "1", [ranked[0]["label"]] * len(results), [ranked[0]["score"]] * len(results)
         )
         return JSONResponse({"model": {"name": "ceiling", "version": 1}, "results": results})
 

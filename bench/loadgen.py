@@ -20,14 +20,35 @@ BOUNDARY = "----imgclsbench7MA4YWxkTrZu0gW"
 RESULT_PREFIX = "BENCH-JSON "
 
 # wrk.format() would rebuild the request per call; a static request is built once and reused.
-_LUA_TEMPLATE = """\
+_LUA_STATIC = """\
 local f = assert(io.open({body_path}, "rb"))
 local body = f:read("*a")
 f:close()
 wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = {content_type}
+"""
 
+# Several bodies: each request is built once (in init) and the connections cycle through them.
+_LUA_ROTATING = """\
+local paths = {{{body_paths}}}
+local requests = {{}}
+local next_index = 0
+init = function(args)
+  for i, path in ipairs(paths) do
+    local f = assert(io.open(path, "rb"))
+    local body = f:read("*a")
+    f:close()
+    requests[i] = wrk.format("POST", nil, {{["Content-Type"] = {content_type}}}, body)
+  end
+end
+request = function()
+  next_index = next_index % #requests + 1
+  return requests[next_index]
+end
+"""
+
+_LUA_DONE = """\
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -53,13 +74,18 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
+_MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
 def multipart_body(files: list[tuple[str, bytes]], boundary: str = BOUNDARY) -> bytes:
-    """A ``multipart/form-data`` body with one ``file`` field per ``(filename, bytes)``."""
+    """A ``multipart/form-data`` body with one ``file`` field per ``(filename, bytes)`` (part
+    Content-Type from the extension: JPEG, WebP, else PNG)."""
     parts = []
     for filename, data in files:
+        media = _MEDIA_TYPES.get(filename.rsplit(".", 1)[-1].lower(), "image/png")
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
-            f'filename="{filename}"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            f'filename="{filename}"\r\nContent-Type: {media}\r\n\r\n'.encode()
             + data
             + b"\r\n"
         )
@@ -68,17 +94,32 @@ def multipart_body(files: list[tuple[str, bytes]], boundary: str = BOUNDARY) -> 
 
 def write_script(directory: Path, files: list[tuple[str, bytes]], name: str) -> Path:
     """Write the request body and the Lua script that sends it; return the script's path."""
+    return write_rotating_script(directory, [files], name)
+
+
+def write_rotating_script(
+    directory: Path, requests: list[list[tuple[str, bytes]]], name: str
+) -> Path:
+    """Write one body per entry of ``requests`` (each a list of ``(filename, bytes)`` files) and
+    a Lua script whose connections send them in turn; return the script's path."""
+    if not requests:
+        raise ValueError("at least one request is needed")
     directory.mkdir(parents=True, exist_ok=True)
-    body_path = directory / f"{name}.body"
-    body_path.write_bytes(multipart_body(files))
-    script = directory / f"{name}.lua"
-    script.write_text(
-        _LUA_TEMPLATE.format(
-            body_path=json.dumps(str(body_path)),
-            content_type=json.dumps(f"multipart/form-data; boundary={BOUNDARY}"),
-            prefix=RESULT_PREFIX,
+    content_type = json.dumps(f"multipart/form-data; boundary={BOUNDARY}")
+    paths = []
+    for index, files in enumerate(requests):
+        body_path = directory / (f"{name}.body" if len(requests) == 1 else f"{name}-{index}.body")
+        body_path.write_bytes(multipart_body(files))
+        paths.append(body_path)
+    if len(paths) == 1:
+        head = _LUA_STATIC.format(body_path=json.dumps(str(paths[0])), content_type=content_type)
+    else:
+        head = _LUA_ROTATING.format(
+            body_paths=", ".join(json.dumps(str(path)) for path in paths),
+            content_type=content_type,
         )
-    )
+    script = directory / f"{name}.lua"
+    script.write_text(head + "\n" + _LUA_DONE.format(prefix=RESULT_PREFIX))
     return script
 
 

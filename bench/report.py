@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 DIGITS = "digits"
+PHOTOS = "photos"
 
 Level = dict[str, Any]
 
@@ -32,6 +33,26 @@ def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "–" if value is None else f"{value:.{digits}f}{suffix}"
 
 
+def _get(level: Level | None, key: str) -> float | None:
+    return None if level is None else level.get(key)
+
+
+def cpu_ms_per_request(level: Level | None) -> float | None:
+    """The server's CPU time per answered request (all its processes and threads), ms."""
+    if level is None or not level.get("server_cpu_s") or not level.get("requests"):
+        return None
+    return float(level["server_cpu_s"]) * 1000 / float(level["requests"])
+
+
+#: The references of the main tables, in column order: run name -> column title.
+REFERENCES = {
+    "bare_ceiling": "bare ceiling",
+    "bare_unbatched": "bare unbatched",
+    "ceiling": "own-stack ceiling",
+    "unbatched": "service unbatched",
+}
+
+
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's goals, each with its measured value, target and verdict."""
     rows: list[dict[str, Any]] = []
@@ -50,23 +71,43 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
 
     def rps(run: str, c: int, images: int = 1, model: dict[str, Any] = digits) -> float | None:
-        level = find(model.get(run, []), c, images)
-        return None if level is None else level["images_per_s"]
+        return _get(find(model.get(run, []), c, images), "images_per_s")
 
+    for c in (32, 64):
+        add(
+            f"digits c={c}: service / bare ceiling",
+            ratio(rps("service", c), rps("bare_ceiling", c)),
+            0.80,
+            True,
+        )
+        add(
+            f"digits c={c}: service / bare unbatched",
+            ratio(rps("service", c), rps("bare_unbatched", c)),
+            3.0,
+            True,
+        )
+    photo_runs = models.get(PHOTOS, {}).get("runs", {})
+    if photo_runs:
+        add(
+            "photos c=32: service / bare ceiling",
+            ratio(rps("service", 32, model=photo_runs), rps("bare_ceiling", 32, model=photo_runs)),
+            3.0,
+            True,
+        )
     add(
-        "digits c=32: service / HTTP ceiling",
+        "digits c=32: service / own-stack ceiling",
         ratio(rps("service", 32), rps("ceiling", 32)),
         0.80,
         True,
     )
     add(
-        "digits c=32: service / unbatched",
+        "digits c=32: service / service unbatched",
         ratio(rps("service", 32), rps("unbatched", 32)),
         3.0,
         True,
     )
     for name, model in models.items():
-        if name == DIGITS:
+        if name in (DIGITS, PHOTOS):
             continue
         compute = model.get("compute", {}).get("images_per_s")
         add(
@@ -77,64 +118,83 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     for name, model in models.items():
         runs = model.get("runs", {})
-        one = find(runs.get("service", []), 1)
-        one_unbatched = find(runs.get("unbatched", []), 1)
         add(
             f"{name} c=1: p50 service / p50 unbatched",
-            ratio(one and one["p50_ms"], one_unbatched and one_unbatched["p50_ms"]),
+            ratio(
+                _get(find(runs.get("service", []), 1), "p50_ms"),
+                _get(find(runs.get("unbatched", []), 1), "p50_ms"),
+            ),
             1.2,
             False,
         )
+        if "bare_unbatched" in runs:
+            add(
+                f"{name} c=1: p50 service / p50 bare unbatched",
+                ratio(
+                    _get(find(runs.get("service", []), 1), "p50_ms"),
+                    _get(find(runs["bare_unbatched"], 1), "p50_ms"),
+                ),
+                1.2,
+                False,
+            )
         level = find(runs.get("service", []), 64)
         add(
             f"{name} c=64: service p99 / p50",
-            ratio(level and level["p99_ms"], level and level["p50_ms"]),
+            ratio(_get(level, "p99_ms"), _get(level, "p50_ms")),
             4.0,
             False,
         )
+    errors = sum(
+        sum(level.get("errors", {}).values())
+        for model in models.values()
+        for level in model.get("runs", {}).get("service", [])
+    )
+    add("service: error answers under load, every model and level", errors, 0, False)
     return rows
 
 
 def level_table(model: dict[str, Any]) -> str:
-    """One row per load level: the service beside its references."""
+    """One row per load level: the service beside every reference of the same run, each as
+    ``req/s (service ÷ reference)``, ratios of images/s."""
     runs = model.get("runs", {})
     service = runs.get("service", [])
     compute = model.get("compute", {}).get("images_per_s")
-    lines = [
-        "| conc. | img/req | service req/s | img/s | p50 ms | p95 ms | p99 ms | mean batch "
-        "| unbatched req/s | p50 ms | p99 ms | HTTP ceiling req/s | p99 ms "
-        "| svc / ceiling | svc / unbatched | svc / compute | other load |",
-        "|" + "---|" * 17,
-    ]
+    decode = model.get("decode", {}).get("decode_per_s_one_core")
+    references = [name for name in REFERENCES if name in runs]
+    header = (
+        ["conc.", "img/req", "service req/s", "p50 ms", "p99 ms", "mean batch", "CPU ms/req"]
+        + [f"{REFERENCES[name]} req/s (svc ÷)" for name in references]
+        + ["bare ceiling CPU ms/req"] * ("bare_ceiling" in runs)
+        + ["svc / compute"]
+        + ["svc / JPEG decode per core"] * (decode is not None)
+        + ["other load"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for level in service:
         c, n = level["concurrency"], level["images_per_request"]
-        unbatched = find(runs.get("unbatched", []), c, n)
-        ceiling = find(runs.get("ceiling", []), c, n)
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    str(c),
-                    str(n),
-                    _fmt(level["rps"], 0),
-                    _fmt(level["images_per_s"], 0),
-                    _fmt(level["p50_ms"]),
-                    _fmt(level["p95_ms"]),
-                    _fmt(level["p99_ms"]),
-                    _fmt(level.get("mean_batch_size"), 1),
-                    _fmt(unbatched and unbatched["rps"], 0),
-                    _fmt(unbatched and unbatched["p50_ms"]),
-                    _fmt(unbatched and unbatched["p99_ms"]),
-                    _fmt(ceiling and ceiling["rps"], 0),
-                    _fmt(ceiling and ceiling["p99_ms"]),
-                    _fmt(ratio(level["images_per_s"], ceiling and ceiling["images_per_s"])),
-                    _fmt(ratio(level["images_per_s"], unbatched and unbatched["images_per_s"])),
-                    _fmt(ratio(level["images_per_s"], compute)),
-                    _fmt(level.get("extra", {}).get("other_load_cores"), 2),
-                ]
-            )
-            + " |"
-        )
+        cells = [
+            str(c),
+            str(n),
+            _fmt(level["rps"], 0),
+            _fmt(level["p50_ms"]),
+            _fmt(level["p99_ms"]),
+            _fmt(level.get("mean_batch_size"), 1),
+            _fmt(cpu_ms_per_request(level)),
+        ]
+        for name in references:
+            other = find(runs[name], c, n)
+            if other is None:
+                cells.append("–")
+                continue
+            versus = ratio(level["images_per_s"], other["images_per_s"])
+            cells.append(f"{other['rps']:.0f} ({_fmt(versus)})")
+        if "bare_ceiling" in runs:
+            cells.append(_fmt(cpu_ms_per_request(find(runs["bare_ceiling"], c, n))))
+        cells.append(_fmt(ratio(level["images_per_s"], compute)))
+        if decode is not None:
+            cells.append(_fmt(ratio(level["images_per_s"], decode)))
+        cells.append(_fmt(level.get("extra", {}).get("other_load_cores"), 2))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -159,7 +219,7 @@ def knob_table(results: dict[str, Any]) -> str:
             if level is None:
                 cells += ["", ""]
                 continue
-            versus = ratio(level["rps"], base and base["rps"])
+            versus = ratio(level["rps"], _get(base, "rps"))
             cells += [
                 f"{level['rps']:.0f} ({_fmt(versus)})",
                 f"{level['p50_ms']:.1f} / {level['p99_ms']:.1f}",
@@ -211,15 +271,54 @@ def summary_markdown(results: dict[str, Any]) -> str:
             )
             + ".",
             "",
+        ]
+        decode = model.get("decode")
+        if decode:
+            workload = model.get("workload", {})
+            sizes = workload.get("jpeg_bytes") or [decode["mean_jpeg_bytes"]]
+            parts += [
+                f"Workload: {decode['photos']} distinct 640x480 JPEG photos "
+                f"({min(sizes) / 1000:.0f}-{max(sizes) / 1000:.0f} KB, "
+                f"{workload.get('source', 'real photographs')}), one per request, cycled. "
+                f"This machine's JPEG decode rate on one core (Pillow, full size, one thread, "
+                f"the same photos): {decode['decode_per_s_one_core']:.0f}/s "
+                f"({decode['decode_ms']} ms each); with the resize to the model input: "
+                f"{decode['decode_resize_per_s_one_core']:.0f}/s.",
+                "",
+            ]
+        parts += [
             level_table(model),
             "",
         ]
+    plan = results.get("plan", {})
+    repeated = " and ".join(f"c={c}" for c in plan.get("repeated_concurrencies", []))
+    repeats = (
+        f" Points at {repeated or 'every level'} measured {plan['repeats']} times, interleaved; "
+        "the run with the median rate is shown (all rates in results.json)."
+        if plan.get("repeats", 1) > 1
+        else ""
+    )
     parts += [
         "Columns: req/s and latency percentiles from wrk; mean batch from the service's "
-        "`imgcls_batch_size`; other load = cores used meanwhile by processes outside the "
-        "benchmark (the machine is shared); ratios are images/s over the reference's.",
+        "`imgcls_batch_size`; CPU ms/req = the server's CPU time (all processes and threads) "
+        "per answered request; each reference as req/s with, in brackets, service ÷ reference "
+        "(images/s); other load = cores used meanwhile by processes outside the "
+        "benchmark (the machine is shared). References: bare ceiling = minimal FastAPI app, "
+        "Pillow decode + resize, constant answer (`bench/bare_app.py`); bare unbatched = the "
+        "same + one SavedModel call per request in the thread pool; own-stack ceiling = the "
+        "service's server stack and upload path without a model (`bench/ceiling_app.py`); "
+        "service unbatched = `IMGCLS_MAX_BATCH_SIZE=1`." + repeats,
         "",
     ]
+    cpu_budget = results.get("budget")
+    if cpu_budget:
+        parts += ["### Per-request CPU budget (digits, `python -m service`, py-spy)", ""]
+        if "skipped" in cpu_budget:
+            parts += [f"Skipped: {cpu_budget['skipped']}.", ""]
+        else:
+            from bench.budget import table
+
+            parts += [table(cpu_budget), ""]
     parts += ["### Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
     for row in goals(results):
         verdict = {True: "yes", False: "**no**", None: "–"}[row["met"]]
@@ -243,12 +342,26 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     if not models:
         return None
     figure, axes = plt.subplots(len(models), 2, figsize=(12, 4.2 * len(models)), squeeze=False)
-    styles = {"service": "o-", "unbatched": "s--", "ceiling": "^:"}
-    colors = {"service": "C1", "unbatched": "C2", "ceiling": "C0"}
+    styles = {
+        "service": "o-",
+        "unbatched": "s--",
+        "ceiling": "^:",
+        "bare_ceiling": "v:",
+        "bare_unbatched": "d--",
+    }
+    colors = {
+        "service": "C1",
+        "unbatched": "C2",
+        "ceiling": "C0",
+        "bare_ceiling": "C4",
+        "bare_unbatched": "C3",
+    }
     names = {
         "service": "service (batched)",
-        "unbatched": "unbatched (max_batch_size=1)",
-        "ceiling": "HTTP ceiling (no model)",
+        "unbatched": "service unbatched (max_batch_size=1)",
+        "ceiling": "own-stack ceiling (no model)",
+        "bare_ceiling": "bare FastAPI ceiling (no model)",
+        "bare_unbatched": "bare FastAPI + one model call per request",
     }
     for row, (name, model) in enumerate(models.items()):
         rate_axis, p99_axis = axes[row]

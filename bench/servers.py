@@ -1,4 +1,5 @@
-"""Start and stop the processes under test: the service, the HTTP-ceiling app, the null server.
+"""Start and stop the processes under test: the service, the references (the own-stack HTTP
+ceiling, the bare ceiling and the bare unbatched app), the null server.
 
 Each runs as its own ``python -m ...`` subprocess on a free loopback port, with its output in a
 log file; :meth:`ServerProcess.cpu_seconds` adds up the CPU time of the process and its workers.
@@ -113,10 +114,11 @@ def spawn(
     ready_path: str,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    cwd: Path = ROOT,
 ) -> tuple[ServerProcess, str]:
     """Start ``python -m module`` on a free port (``IMGCLS_PORT``) without waiting for it;
     returns the server and the path that answers 200 once it is ready. ``env`` is added to
-    this process's environment."""
+    this process's environment; ``cwd`` is the checkout the module is imported from."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -132,7 +134,7 @@ def spawn(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", module, *args],
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -190,6 +192,25 @@ def ceiling_spec(
         **{f"IMGCLS_{key.upper()}": str(value) for key, value in settings.items()},
     }
     return spawn(name, "bench.ceiling_app", log_dir, ready_path="/healthz", env=env)
+
+
+def bare_spec(
+    log_dir: Path,
+    name: str,
+    *,
+    height: int,
+    width: int,
+    model_dir: Path | None = None,
+) -> tuple[ServerProcess, str]:
+    """Spawn a bare reference (:mod:`bench.bare_app`): the bare ceiling when ``model_dir`` is
+    None, else the bare unbatched app serving that version folder (``models/<name>/<n>``)."""
+    env = {
+        "BENCH_TARGET_SIZE": f"{height},{width}",
+        "BENCH_BARE_MODE": "ceiling" if model_dir is None else "unbatched",
+    }
+    if model_dir is not None:
+        env["BENCH_MODEL_DIR"] = str(model_dir)
+    return spawn(name, "bench.bare_app", log_dir, ready_path="/healthz", env=env)
 
 
 def start_service(

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,60 +20,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.cors import JSONCORSMiddleware
 from service.errors import ClientError
 from service.metrics import ServiceMetrics
-from service.pipeline import SCOPE_MODEL_KEY
+from service.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
 from service.protocols import error_body
 from service.repository import ModelRepository
 from service.routes import explain, health, metrics, models, page, predict, report, tfserving, v2
-from service.server import CloseConnectionsWhileDraining
 from service.settings import Settings
 from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
-
-#: Route label for requests no route matched (scanners cannot blow up label cardinality).
-UNMATCHED_ROUTE = "other"
-
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-    Awaitable[None],
-]
-
-
-class RequestMetricsMiddleware:
-    """Counts every answer by route template, status code, model and version, and times it (a
-    pure ASGI middleware: cheaper than BaseHTTPMiddleware on the hot path).
-
-    The route label is the matched route's template (``/v2/models/{name}/infer``), never the raw
-    path; ``model`` and ``version`` are set by the route once it knows the version that serves
-    the request (``service.pipeline.record_model``), empty otherwise.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            matched = scope.get("route")
-            route = getattr(matched, "path", None) or UNMATCHED_ROUTE
-            model, version = scope.get(SCOPE_MODEL_KEY) or ("", "")
-            self.metrics.request_finished(
-                route, str(status), model, version, time.perf_counter() - started
-            )
 
 
 class BatcherMetrics:

@@ -15,15 +15,12 @@ from service.decode_step import decode_all
 from service.disconnect import unless_disconnected
 from service.errors import ClientError
 from service.inference import Prediction, classify
+from service.middleware import SCOPE_MODEL_KEY
 from service.model_store import LoadedModel
 from service.protocols.tensors import ImagesInput
 from service.repository import ServedModel
 from service.state import ServiceState
 from service.uploads import Upload
-
-#: ASGI scope key where a route records the version that served the request, for the request
-#: metrics' ``model`` and ``version`` labels (set only once the model is known: bounded).
-SCOPE_MODEL_KEY = "imgcls.model"
 
 
 def choose_model(
@@ -90,6 +87,7 @@ async def predict(
             timeout_s=served.limits.request_timeout_s,
             retry_after_s=state.settings.retry_after_s,
         ),
+        scope=request.scope,
     )
     top = [int(np.argmax(p.probabilities)) for p in predictions]
     state.metrics.observe_predictions(

@@ -101,10 +101,11 @@ def test_sigterm_drains_everything_in_flight_then_exits_0(
 def test_work_left_when_the_grace_period_ends_is_answered_503(
     server_factory: object, stress_repo: Path
 ) -> None:
-    grace_s, count = 1.5, 60  # 60 images take ~2 s or more: more than the grace period
+    # 150 images take ~3 s or more (the stress model does 40-55 a second): twice the grace.
+    grace_s, count = 1.5, 150
     srv: Server = server_factory(  # type: ignore[operator]
         stress_repo,
-        **{**STRESS_SETTINGS, "max_queue_size": "64", "request_timeout_s": "30"},
+        **{**STRESS_SETTINGS, "max_queue_size": "256", "request_timeout_s": "30"},
         shutdown_grace_s=str(grace_s),
     )
     pool, futures = start_requests(srv, count)
