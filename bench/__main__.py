@@ -131,6 +131,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         knob_duration_s=max(2, args.duration - 1),
         digits_knobs=[
             ("service", {"workers": 2}),
+            # Two processes on two cores: one TensorFlow thread each instead of two.
+            ("service", {"workers": 2, "tf_intra_op_threads": 1}),
             ("ceiling", {"workers": 2}),
             ("service", {"batch_timeout_s": 0.002}),
             ("service", {"max_batch_size": 16}),
