@@ -12,7 +12,6 @@ serving; it is retried only if its files change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
@@ -141,7 +140,6 @@ class ModelStore:
         model_dir: Path,
         *,
         repository_root: Path,
-        poll_interval_s: float,
         max_batch_size: int,
         on_swap: Callable[[LoadedModel], None] | None = None,
         on_reload: Callable[[str], None] | None = None,
@@ -151,7 +149,6 @@ class ModelStore:
     ) -> None:
         self.model_dir = model_dir
         self.repository_root = repository_root
-        self.poll_interval_s = poll_interval_s
         self.max_batch_size = max_batch_size
         self.policy: VersionPolicy = policy if policy is not None else LatestPolicy()
         #: Versions served beside the policy's when loadable: the ones labels name, so that a
@@ -168,7 +165,6 @@ class ModelStore:
         self._loading: int | None = None
         # Versions retired, until they are released and the heap can be frozen again.
         self._retired: list[weakref.ref[LoadedModel]] = []
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.repository_problem: str | None = None
         #: True once the first scan has finished (whatever it found).
@@ -188,25 +184,6 @@ class ModelStore:
     def served(self) -> dict[int, LoadedModel]:
         """Served versions by number (a snapshot: do not mutate)."""
         return self._served
-
-    async def start(self) -> None:
-        """Poll on its own in the background (a store used without a repository)."""
-        self._task = asyncio.create_task(self._poll_forever(), name="model-store-poll")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _poll_forever(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except Exception:  # the poller must survive anything the disk throws at it
-                logger.exception("model repository scan failed; keeping the serving version")
-            await asyncio.sleep(self.poll_interval_s)
 
     def _fingerprint(self, version: int) -> tuple[int, int] | None:
         try:

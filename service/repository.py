@@ -220,7 +220,6 @@ class ModelRepository:
             store = ModelStore(
                 self.root / name,
                 repository_root=self.root,
-                poll_interval_s=self.settings.poll_interval_s,
                 max_batch_size=limits.max_batch_size,
                 on_reload=self._on_reload,
                 loader=self._loader,

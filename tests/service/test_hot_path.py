@@ -237,9 +237,7 @@ def unfrozen() -> Iterator[None]:
 def test_heap_frozen_after_first_model_and_refrozen_after_a_swap(
     tmp_path: Path, unfrozen: None
 ) -> None:
-    store = ModelStore(
-        tmp_path / "digits", repository_root=tmp_path, poll_interval_s=60, max_batch_size=4
-    )
+    store = ModelStore(tmp_path / "digits", repository_root=tmp_path, max_batch_size=4)
     store._swap(_Model(1))  # type: ignore[arg-type]
     assert gc.get_freeze_count() > 0  # the first model's objects are out of the GC's reach
 
@@ -250,9 +248,7 @@ def test_heap_frozen_after_first_model_and_refrozen_after_a_swap(
 
 
 def test_heap_stays_unfrozen_while_the_old_model_is_in_use(tmp_path: Path, unfrozen: None) -> None:
-    store = ModelStore(
-        tmp_path / "digits", repository_root=tmp_path, poll_interval_s=60, max_batch_size=4
-    )
+    store = ModelStore(tmp_path / "digits", repository_root=tmp_path, max_batch_size=4)
     old = _Model(1)
     store._swap(old)  # type: ignore[arg-type]
     store._swap(_Model(2))  # type: ignore[arg-type]

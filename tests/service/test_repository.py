@@ -94,7 +94,6 @@ def make_store(models_dir: Path, loader: FakeLoader, policy: Any = None) -> Mode
     return ModelStore(
         models_dir / "digits",
         repository_root=models_dir,
-        poll_interval_s=0.1,
         max_batch_size=2,
         loader=loader,
         policy=policy,
