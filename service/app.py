@@ -105,24 +105,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.metrics = service_metrics
 
-    @app.exception_handler(ClientError)
-    async def client_error(request: Request, exc: ClientError) -> JSONResponse:
-        if exc.reason is not None:
-            service_metrics.rejected_request(exc.reason)  # one per request
-        return JSONResponse(
-            error_body(request.url.path, exc.detail),
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Starlette's own answers (no such route: 404, wrong method: 405) in the shape the
-        # route's protocol promises, so a TF Serving or Triton client can read them.
+        # Every refusal (ours, and Starlette's own 404/405) in the shape the route's protocol
+        # promises, so a TF Serving or Triton client can read it too.
+        if isinstance(exc, ClientError) and exc.reason is not None:
+            service_metrics.rejected_request(exc.reason)  # one per request
         return JSONResponse(
             error_body(request.url.path, str(exc.detail)),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=exc.headers,
         )
 
     @app.exception_handler(Exception)

@@ -310,8 +310,8 @@ class ModelRepository:
 
         Raises:
             ClientError: 404 for an unknown model, version or label (naming what exists); 503
-                (with Retry-After) when the model has no served version yet or the service is
-                shutting down.
+                (with Retry-After) when the model has no served version yet. (Shutting down is
+                the caller's check, ``service.pipeline.choose_model``, and the batcher's.)
         """
         retry = {"Retry-After": str(self.settings.retry_after_s)}
         wanted = self.default_name if name is None else name
@@ -320,13 +320,6 @@ class ModelRepository:
             # has not been published yet.
             raise ClientError(503, self.no_model_help(wanted), reason="no_model", headers=retry)
         served = self.get(wanted)
-        if self.closing:
-            raise ClientError(
-                503,
-                "the service is shutting down; retry on another replica",
-                reason="shutting_down",
-                headers=retry,
-            )
         if version is not None:
             return served, self._pinned(served, version)
         if label is not None:
