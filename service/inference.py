@@ -108,14 +108,24 @@ async def classify(
         ) from None
 
 
+#: Up to this many classes, top-k sorts a Python list: numpy's per-call overhead on a tiny
+#: array (argpartition, argsort, fancy indexing) costs more than the sort itself.
+_SMALL_CLASS_COUNT = 64
+
+
 def top_k(probabilities: np.ndarray, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """The ``k`` most probable classes as [{"label", "score"}], highest first (at most every
-    class: a ``k`` above the number of classes returns them all)."""
-    k = min(k, probabilities.shape[0])
-    if k < probabilities.shape[0]:
-        candidates = np.argpartition(-probabilities, k - 1)[:k]
+    """The ``k`` most probable classes as [{"label", "score"}], highest first, ties in class
+    order (at most every class: a ``k`` above the number of classes returns them all)."""
+    count = probabilities.shape[0]
+    k = min(k, count)
+    if count <= _SMALL_CLASS_COUNT:
+        values = probabilities.tolist()
+        ranked = sorted(range(count), key=values.__getitem__, reverse=True)[:k]
+        return [{"label": class_names[i], "score": round(values[i], 6)} for i in ranked]
+    if k < count:
+        candidates = np.sort(np.argpartition(-probabilities, k - 1)[:k])
     else:
-        candidates = np.arange(probabilities.shape[0])
+        candidates = np.arange(count)
     order = candidates[np.argsort(-probabilities[candidates], kind="stable")]
     return [{"label": class_names[i], "score": round(float(probabilities[i]), 6)} for i in order]
 

@@ -8,15 +8,13 @@ encoded images in a body (``/predict``, ``/explain``, the native model routes) r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from service.disconnect import client_gone
 from service.errors import ClientError
+from service.multipart import MultipartError, parse_file_parts
 
 FIELD_NAME = "file"
 MAX_FILENAME_CHARS = 255
@@ -75,9 +73,16 @@ async def read_body(request: Request, limit_bytes: int, timeout_s: float | None 
 
 
 async def _read_stream(request: Request, limit_bytes: int) -> bytes:
-    chunks = []
+    # ASGI messages straight from ``receive``: a body that came with its headers (the usual
+    # small upload) is one message, returned without suspending or copying.
+    receive = request.receive
+    chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         received += len(chunk)
         if received > limit_bytes:  # chunked bodies: stop reading at the limit
             raise ClientError(
@@ -86,12 +91,10 @@ async def _read_stream(request: Request, limit_bytes: int) -> bytes:
                 "(IMGCLS_MAX_UPLOAD_BYTES)",
                 reason="too_large",
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
-    yield body
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def clean_filename(name: str | None, index: int) -> str:
@@ -108,7 +111,7 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
         body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
-        return await _parse_multipart(request, body, limits.max_images)
+        return _parse_multipart(content_type, body, limits.max_images)
     if media_type.startswith("image/"):
         body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         filename = clean_filename(request.query_params.get("filename"), 0)
@@ -121,33 +124,26 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     )
 
 
-async def _parse_multipart(request: Request, body: bytes, max_images: int) -> list[Upload]:
-    parser = MultiPartParser(
-        request.headers,
-        _once(body),
-        max_files=max_images,
-        max_fields=MAX_OTHER_FIELDS,
-        max_part_size=MAX_OTHER_FIELD_BYTES,  # non-file fields only; files: the body limit
-    )
+def _parse_multipart(content_type: str, body: bytes, max_images: int) -> list[Upload]:
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise _multipart_error(exc.message, max_images) from None
-    try:
-        files = [item for item in form.getlist(FIELD_NAME) if isinstance(item, UploadFile)]
-        if not files:
-            raise ClientError(
-                422,
-                f"multipart field {FIELD_NAME!r} with an image file is missing "
-                f"(curl -F {FIELD_NAME}=@digit.png ...)",
-                reason="bad_request",
-            )
-        return [
-            Upload(clean_filename(upload.filename, i), await upload.read())
-            for i, upload in enumerate(files)
-        ]
-    finally:
-        await form.close()
+        parts = parse_file_parts(
+            body,
+            content_type,
+            max_files=max_images,
+            max_fields=MAX_OTHER_FIELDS,
+            max_field_bytes=MAX_OTHER_FIELD_BYTES,
+        )
+    except MultipartError as exc:
+        raise _multipart_error(str(exc), max_images) from None
+    files = [part for part in parts if part.field_name == FIELD_NAME]
+    if not files:
+        raise ClientError(
+            422,
+            f"multipart field {FIELD_NAME!r} with an image file is missing "
+            f"(curl -F {FIELD_NAME}=@digit.png ...)",
+            reason="bad_request",
+        )
+    return [Upload(clean_filename(part.filename, i), part.data) for i, part in enumerate(files)]
 
 
 def _multipart_error(message: str, max_images: int) -> ClientError:

@@ -8,20 +8,21 @@ image, in request order.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service import pipeline
 from service.auth import check_api_key
-from service.deps import get_state
+from service.direct_route import DirectRoute
 from service.inference import model_ref, top_k
 from service.state import ServiceState
 from service.uploads import FIELD_NAME, read_uploads
 
-router = APIRouter(tags=["inference"])
-State = Annotated[ServiceState, Depends(get_state)]
+# DirectRoute: the endpoints read the request themselves; FastAPI's parameter handling would
+# only cost time on the hot path.
+router = APIRouter(tags=["inference"], route_class=DirectRoute)
 
 _REQUEST_BODY_DOC: dict[str, Any] = {
     "requestBody": {
@@ -57,6 +58,11 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
 async def _predict(
     request: Request,
     state: ServiceState,
@@ -84,9 +90,9 @@ async def _predict(
     openapi_extra=_REQUEST_BODY_DOC,
     responses=_RESPONSES,
 )
-async def predict(request: Request, state: State) -> JSONResponse:
+async def predict(request: Request) -> JSONResponse:
     """Top-k classes (at most every class) for each uploaded image, in request order."""
-    return await _predict(request, state)
+    return await _predict(request, _state(request))
 
 
 @router.post(
@@ -95,8 +101,8 @@ async def predict(request: Request, state: State) -> JSONResponse:
     openapi_extra=_REQUEST_BODY_DOC,
     responses=_RESPONSES,
 )
-async def predict_model(name: str, request: Request, state: State) -> JSONResponse:
-    return await _predict(request, state, name)
+async def predict_model(name: str, request: Request) -> JSONResponse:
+    return await _predict(request, _state(request), name)
 
 
 @router.post(
@@ -105,8 +111,8 @@ async def predict_model(name: str, request: Request, state: State) -> JSONRespon
     openapi_extra=_REQUEST_BODY_DOC,
     responses=_RESPONSES,
 )
-async def predict_version(name: str, version: str, request: Request, state: State) -> JSONResponse:
-    return await _predict(request, state, name, version=version)
+async def predict_version(name: str, version: str, request: Request) -> JSONResponse:
+    return await _predict(request, _state(request), name, version=version)
 
 
 @router.post(
@@ -115,5 +121,5 @@ async def predict_version(name: str, version: str, request: Request, state: Stat
     openapi_extra=_REQUEST_BODY_DOC,
     responses=_RESPONSES,
 )
-async def predict_label(name: str, label: str, request: Request, state: State) -> JSONResponse:
-    return await _predict(request, state, name, label=label)
+async def predict_label(name: str, label: str, request: Request) -> JSONResponse:
+    return await _predict(request, _state(request), name, label=label)
