@@ -130,10 +130,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         knob_levels=(1, 32, 64) if knobs else (),
         knob_duration_s=max(2, args.duration - 1),
         digits_knobs=[
-            ("service", {"workers": 2}),
-            # Two processes on two cores: one TensorFlow thread each instead of two.
-            ("service", {"workers": 2, "tf_intra_op_threads": 1}),
-            ("ceiling", {"workers": 2}),
+            # One process (the default is one worker per usable CPU, at most 4).
+            ("service", {"workers": 1}),
+            ("service", {"workers": 1, "tf_intra_op_threads": 1}),
+            ("ceiling", {"workers": 1}),
             ("service", {"batch_timeout_s": 0.002}),
             ("service", {"max_batch_size": 16}),
             ("service", {"max_batch_size": 64}),
@@ -144,7 +144,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if knobs
         else [],
         heavy_knobs=[
-            {"workers": 2},
+            {"workers": 1},
             {"tf_inter_op_threads": 1},
             {"tf_intra_op_threads": 1, "tf_inter_op_threads": 1},
         ]

@@ -345,7 +345,12 @@ def run_budget(
     if py_spy_path() is None:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     out.mkdir(parents=True, exist_ok=True)
-    env = {"IMGCLS_MODELS_DIR": str(models_dir), "IMGCLS_MODEL_NAME": model_name}
+    # One worker: py-spy follows one process, and the budget is per request of that process.
+    env = {
+        "IMGCLS_MODELS_DIR": str(models_dir),
+        "IMGCLS_MODEL_NAME": model_name,
+        "IMGCLS_WORKERS": "1",
+    }
     spec = spawn("budget-service", "service", out, ready_path="/readyz", env=env, cwd=root)
     server = wait_ready([spec])[0]
     try:

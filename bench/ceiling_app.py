@@ -121,11 +121,11 @@ def main() -> int:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper())
     common = uvicorn_options(settings)
-    if settings.workers > 1:
+    if settings.worker_count > 1:
         from uvicorn.supervisors import Multiprocess
 
         config = ServiceConfig(
-            "bench.ceiling_app:create_app", factory=True, workers=settings.workers, **common
+            "bench.ceiling_app:create_app", factory=True, workers=settings.worker_count, **common
         )
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     else:

@@ -6,6 +6,7 @@ loads the first version, in a thread, while ``/healthz`` already answers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from service.repository import ModelRepository
 from service.routes import explain, health, metrics, models, page, predict, report, tfserving, v2
 from service.settings import Settings
 from service.state import ServiceState
+from service.worker_report import report_when_ready
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +90,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info(
             "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
         )
+        # A worker under the supervisor says when it is ready and what its model costs.
+        report = asyncio.create_task(report_when_ready(state), name="worker-report")
         try:
             yield
         finally:
+            report.cancel()
             state.shutting_down = True
             service_metrics.model_ready.set(0)
             await repository.stop(timeout_s=settings.shutdown_grace_s)

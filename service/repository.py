@@ -254,6 +254,7 @@ class ModelRepository:
             max_queue_size=limits.max_queue_size,
             observer=self._observer_for(name) if self._observer_for else None,
             name=name,
+            fill_wait_ratio=self.settings.batch_fill_wait_ratio,
         )
         await batcher.start()
         return batcher

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.supervisor import MAX_AUTO_WORKERS, auto_workers, usable_cpus
+
 #: Every setting ``x_y`` is read from the environment variable ``IMGCLS_X_Y``.
 ENV_PREFIX = "IMGCLS_"
+
+#: Most worker processes a user may ask for.
+MAX_WORKERS = 64
 
 
 def env_name(field: str) -> str:
@@ -25,8 +30,28 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64, description="uvicorn worker processes")
+    workers: int | Literal["auto"] = Field(
+        default="auto",
+        description="worker processes; auto: one per usable CPU (at most "
+        f"{MAX_AUTO_WORKERS}) when the default model is cheap per image, else one",
+    )
     log_level: str = "info"
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+            raise ValueError(f"must be a number of worker processes (1-{MAX_WORKERS}) or auto")
+        return int(text)
+
+    @property
+    def worker_count(self) -> int:
+        """Worker processes to start: ``auto`` is one per usable CPU (at most
+        ``MAX_AUTO_WORKERS``); the supervisor may keep only one (see service.supervisor)."""
+        return auto_workers(usable_cpus()) if self.workers == "auto" else int(self.workers)
 
     models_dir: Path = Path("models")
     model_name: str = Field(default="digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -40,6 +65,13 @@ class Settings(BaseSettings):
         ge=0,
         le=10,
         description="extra wait for a fuller batch; 0: run as soon as idle",
+    )
+    batch_fill_wait_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="an idle model may wait this fraction of its last call's duration for a "
+        "fuller batch (waits under 2 ms are skipped); 0: never",
     )
     max_queue_size: int = Field(
         default=256, ge=1, description="images waiting for the model, then 503"

@@ -31,7 +31,14 @@ def free_port() -> int:
 
 
 def quiet_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    # One worker unless a test asks for more: most tests reason about one process's queue,
+    # batcher and counters; tests/e2e/test_workers.py covers the default (one per CPU).
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONUNBUFFERED": "1",
+        "IMGCLS_WORKERS": "1",
+    }
     env.update(extra)
     return env
 

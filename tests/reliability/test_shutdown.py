@@ -53,13 +53,16 @@ def start_requests(
     raise AssertionError("the requests were not all accepted in time")
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigterm_drains_everything_in_flight_then_exits_0(
-    server_factory: object, stress_repo: Path
+    server_factory: object, stress_repo: Path, workers: str
 ) -> None:
+    """One process, or several workers under the supervisor: each drains the same way."""
     grace_s, delay_s, count = 15.0, 1.5, 40
     srv: Server = server_factory(  # type: ignore[operator]
         stress_repo,
         **{**STRESS_SETTINGS, "max_queue_size": "64", "request_timeout_s": "30"},
+        workers=workers,
         shutdown_grace_s=str(grace_s),
         shutdown_delay_s=str(delay_s),
     )

@@ -156,6 +156,55 @@ def test_chained_batch_still_waits_for_a_fuller_batch() -> None:
     assert model.batches == [[0, 1, 2, 3], [10, 11, 12, 13]]
 
 
+class SlowModel:
+    """A model call of ``seconds``; records each batch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[list[int]] = []
+
+    def __call__(self, payloads: list[int]) -> list[int]:
+        self.batches.append(list(payloads))
+        time.sleep(self.seconds)
+        return [p * 10 for p in payloads]
+
+
+@pytest.mark.parametrize(("ratio", "batches"), [(0.5, [[0, 1, 2, 3]] * 2), (0.0, None)])
+def test_a_slow_model_waits_for_its_clients_to_come_back(
+    ratio: float, batches: list[list[int]] | None
+) -> None:
+    """Four clients in a closed loop on a 100 ms model: with the fill wait, each round is one
+    batch of four, although the clients come back a few milliseconds apart; without it, the
+    first client to come back runs alone."""
+    model = SlowModel(0.1)
+
+    async def body() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            model,
+            max_batch_size=8,
+            batch_timeout_s=0.0,
+            max_queue_size=64,
+            fill_wait_ratio=ratio,
+        )
+        await batcher.start()
+
+        async def client(payload: int) -> None:
+            for _ in range(2):
+                assert await batcher.submit(payload, timeout_s=10) == payload * 10
+                await asyncio.sleep(0.005 * payload)  # the next request takes a moment
+
+        try:
+            await asyncio.gather(*(client(p) for p in range(4)))
+        finally:
+            await batcher.stop(timeout_s=5.0)
+
+    asyncio.run(body())
+    if batches is not None:
+        assert model.batches == batches
+    else:
+        assert model.batches[0] == [0, 1, 2, 3] and len(model.batches) > 2
+
+
 # ------------------------------------------------------------------------------ inline decode
 
 

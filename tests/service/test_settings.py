@@ -64,7 +64,7 @@ def test_flags_the_user_gave_are_named_as_flags() -> None:
         with pytest.raises(ValidationError) as caught:
             Settings()
     assert settings_errors(caught.value, ["workers"]) == [
-        "--workers 0: Input should be greater than or equal to 1"
+        "--workers 0: must be a number of worker processes (1-64) or auto"
     ]
 
 

@@ -1,0 +1,69 @@
+"""What a worker tells its supervisor once its default model is warm: that it is ready, and
+how long the model takes per image (:mod:`service.supervisor` decides from it how many
+workers pay off).
+
+A file per worker process, ``<pid>.json`` in the folder the supervisor names in
+:data:`READY_DIR_ENV`, written once (atomically) and read by the supervisor; no sockets, no
+shared memory, nothing when the variable is unset (one process, or workers set explicitly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+#: Set by the supervisor in a worker's environment: where that worker reports.
+READY_DIR_ENV = "IMGCLS_SUPERVISOR_READY_DIR"
+
+#: Seconds between checks for the default model while the worker starts.
+POLL_S = 0.2
+
+
+def read_reports(directory: Path) -> dict[int, float]:
+    """Every report in ``directory``: worker pid -> the default model's seconds per image."""
+    reports = {}
+    for path in directory.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+            reports[int(data["pid"])] = float(data["seconds_per_image"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being replaced, or not ours
+    return reports
+
+
+def seconds_per_image(state: ServiceState) -> float:
+    """Time one full batch of the default model (already warm), in seconds per image."""
+    served, model = state.repository.resolve(None)
+    size = served.limits.max_batch_size
+    height, width = model.input_size
+    batch = np.zeros((size, height, width, 3), dtype=np.float32)
+    started = time.perf_counter()
+    model.predict(batch)
+    return (time.perf_counter() - started) / size
+
+
+async def report_when_ready(state: ServiceState) -> None:
+    """Once the default model is served, write this worker's report (when asked for one)."""
+    directory = os.environ.get(READY_DIR_ENV)
+    if not directory:
+        return
+    while not state.repository.ready:
+        await asyncio.sleep(POLL_S)
+    cost = await asyncio.to_thread(seconds_per_image, state)
+    path = Path(directory) / f"{os.getpid()}.json"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps({"pid": os.getpid(), "seconds_per_image": cost}))
+    os.replace(partial, path)  # the supervisor never reads half a report
+    logger.info("ready: the default model takes %.3f ms per image at full batch", cost * 1e3)
