@@ -123,11 +123,11 @@ class Supervisor:
         sock: The bound, listening socket.
         count: Number of workers (>= 1).
         worker_env: Environment overrides of every worker (None removes a variable).
-        probe_env: When given, first run ONE worker with these overrides and measure its
-            default model (``--workers auto``): a model slower than ``model_bound_s`` per image
-            keeps that single worker (one batcher and every core for TensorFlow batch best);
-            otherwise ``count`` workers with ``worker_env`` start, and the first one is
-            drained once they are ready.
+        probe_env: When given (``--workers auto``), first measure the default model in a
+            worker with these overrides that takes no requests: a model slower than
+            ``model_bound_s`` per image gets ONE worker with these overrides (one batcher and
+            every core for TensorFlow batch best); a cheaper one ``count`` workers with
+            ``worker_env``.
         model_bound_s: Seconds per image from which a model, not HTTP, bounds throughput.
         on_worker_exit: Called with the pid of each worker that has exited (e.g. to drop its
             live gauges from the multiprocess metrics).
@@ -162,10 +162,12 @@ class Supervisor:
         self._on_worker_exit = on_worker_exit
         self._exited: set[int] = set()
 
-    def _spawn(self, index: int, env: dict[str, str | None]) -> BaseProcess:
+    def _spawn(
+        self, index: int, env: dict[str, str | None], *, sock: socket.socket | None = None
+    ) -> BaseProcess:
         process = self._context.Process(
             target=_worker_entry,
-            args=(self._target, self._sock),
+            args=(self._target, sock or self._sock),
             name=f"imgcls-worker-{index}",
         )
         with _environment({**env, READY_DIR_ENV: str(self._ready_dir)}):
@@ -208,29 +210,33 @@ class Supervisor:
                 signal.signal(sig, handler)
             shutil.rmtree(self._ready_dir, ignore_errors=True)
 
-    def _wait_for_reports(self, pids: list[int], timeout_s: float) -> dict[int, float] | None:
-        """The reports of ``pids`` once all are in; None when stopping or out of time."""
+    def _wait_for_report(self, process: BaseProcess, timeout_s: float) -> float | None:
+        """``process``'s seconds per image; None when stopping, when it died, or in time."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._tick():
-                return None
-            reports = read_reports(self._ready_dir)
-            if all(pid in reports for pid in pids):
-                return reports
-            if self._stopping:
-                return None
+        while time.monotonic() < deadline and not self._stopping and process.is_alive():
+            self._tick()
+            cost = read_reports(self._ready_dir).get(process.pid or -1)
+            if cost is not None:
+                return cost
             time.sleep(POLL_S)
         return None
 
     def _probe_then_start(self) -> None:
+        """Measure the default model in a worker that takes no requests (it listens on a
+        loopback port of its own), then start the workers that suit it."""
         logger.info("measuring the default model in a first worker, with every core")
-        first = self._spawn(0, self._probe_env or {})
-        self._workers = [first]
-        assert first.pid is not None
-        reports = self._wait_for_reports([first.pid], PROBE_TIMEOUT_S)
-        if self._stopping or first.pid not in self._pids():
-            return  # stopped, or the first worker was replaced: keep what runs
-        cost = None if reports is None else reports[first.pid]
+        probe_sock = bind_socket("127.0.0.1", 0)
+        try:
+            probe = self._spawn(0, self._probe_env or {}, sock=probe_sock)
+            self._retiring.append(probe)
+            cost = self._wait_for_report(probe, PROBE_TIMEOUT_S)
+            if probe.pid is not None and probe.is_alive():
+                self._signalled.add(probe.pid)
+                os.kill(probe.pid, signal.SIGTERM)
+        finally:
+            probe_sock.close()  # the probe has its own copy until it exits
+        if self._stopping:
+            return
         if cost is not None and cost >= self._model_bound_s:
             logger.info(
                 "the default model takes %.1f ms per image: the model bounds throughput, so one "
@@ -238,14 +244,9 @@ class Supervisor:
                 "IMGCLS_WORKERS to run more",
                 cost * 1e3,
             )
-            self._count = 1
-            return
-        if cost is None:
-            logger.warning(
-                "no default model ready within %g s; starting %d workers",
-                PROBE_TIMEOUT_S,
-                self._count,
-            )
+            self._count, self._worker_env = 1, self._probe_env or {}
+        elif cost is None:
+            logger.warning("no default model measured; starting %d workers", self._count)
         else:
             logger.info(
                 "the default model takes %.2f ms per image: HTTP and decoding bound "
@@ -253,20 +254,7 @@ class Supervisor:
                 cost * 1e3,
                 self._count,
             )
-        workers = [self._spawn(i, self._worker_env) for i in range(self._count)]
-        self._workers = [first, *workers]
-        self._wait_for_reports([p.pid for p in workers if p.pid is not None], PROBE_TIMEOUT_S)
-        if self._stopping or first not in self._workers:
-            return
-        # The measuring worker leaves (draining what it holds) once the others are ready.
-        self._workers.remove(first)
-        self._retiring.append(first)
-        if first.pid is not None and first.is_alive():
-            self._signalled.add(first.pid)
-            os.kill(first.pid, signal.SIGTERM)
-
-    def _pids(self) -> set[int]:
-        return {p.pid for p in self._workers if p.pid is not None}
+        self._workers = [self._spawn(i, self._worker_env) for i in range(self._count)]
 
     def _tick(self) -> bool:
         """Handle signals and dead workers; True once stopping and every worker has exited."""

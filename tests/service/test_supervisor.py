@@ -153,7 +153,7 @@ def test_auto_measures_the_model_then_keeps_one_worker_or_starts_one_per_cpu(
     seen: dict[str, list[int]] = {}
 
     def settle_then_stop() -> None:
-        expected = 1 if serving == 1 else 1 + serving  # the measuring worker, then the rest
+        expected = 1 + serving  # the measuring worker, then those that serve
         started = pids(pid_file, expected)
         time.sleep(2.0)  # the decision and the measuring worker's exit, if any
         seen["started"] = pids(pid_file, expected)
@@ -169,6 +169,5 @@ def test_auto_measures_the_model_then_keeps_one_worker_or_starts_one_per_cpu(
         sock.close()
     assert code == 0
     assert len(seen["alive"]) == serving
-    if serving > 1:
-        assert seen["started"][0] not in seen["alive"]  # the measuring worker left
+    assert seen["started"][0] not in seen["alive"]  # the measuring worker left
     assert not any(alive(pid) for pid in seen["started"])
