@@ -279,3 +279,26 @@ def test_no_model_yet_then_one_is_published(
     while time.monotonic() < deadline and httpx.get(srv.url + "/readyz").status_code != 200:
         time.sleep(0.2)
     assert httpx.get(srv.url + "/readyz").json()["model"] == {"name": "digits", "version": 1}
+
+
+def test_a_corrupt_image_among_a_full_batch_of_requests_fails_alone(
+    server: Server, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """32 requests at once (a full batch): the one truncated PNG gets 400 naming it, the other
+    31 their classes; images are checked before they are queued, so no batch carries it."""
+    images, labels = held_out
+    good = [encode(images[i], i * 3) for i in range(31)]  # PNGs, sizes vary
+    broken = ("broken.png", good[0][1][: len(good[0][1]) // 2], "image/png")
+    uploads = [*good[:15], broken, *good[15:]]
+
+    def send(upload: tuple[str, bytes, str]) -> httpx.Response:
+        return httpx.post(server.url + "/predict", files={"file": upload}, timeout=60)
+
+    with ThreadPoolExecutor(len(uploads)) as pool:
+        responses = list(pool.map(send, uploads))
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 15 + [400] + [200] * 16
+    assert "broken.png" in responses[15].json()["detail"]
+    top = [r.json()["results"][0]["predictions"][0]["label"] for r in responses if r.is_success]
+    expected = [str(labels[i]) for i in range(31)]
+    assert np.mean([a == b for a, b in zip(top, expected, strict=True)]) >= 0.9
