@@ -211,13 +211,14 @@ class Supervisor:
             shutil.rmtree(self._ready_dir, ignore_errors=True)
 
     def _wait_for_report(self, process: BaseProcess, timeout_s: float) -> float | None:
-        """``process``'s seconds per image; None when stopping, when it died, or in time."""
+        """``process``'s seconds per image; None when it had no model to measure, when
+        stopping, when it died, or out of time."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stopping and process.is_alive():
             self._tick()
-            cost = read_reports(self._ready_dir).get(process.pid or -1)
-            if cost is not None:
-                return cost
+            reports = read_reports(self._ready_dir)
+            if process.pid in reports:
+                return reports[process.pid]
             time.sleep(POLL_S)
         return None
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from service.repository import ModelRepository
     from service.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -31,16 +32,31 @@ READY_DIR_ENV = "IMGCLS_SUPERVISOR_READY_DIR"
 POLL_S = 0.2
 
 
-def read_reports(directory: Path) -> dict[int, float]:
-    """Every report in ``directory``: worker pid -> the default model's seconds per image."""
-    reports = {}
+def read_reports(directory: Path) -> dict[int, float | None]:
+    """Every report in ``directory``: worker pid -> the default model's seconds per image
+    (None: the worker has no default model to measure)."""
+    reports: dict[int, float | None] = {}
     for path in directory.glob("*.json"):
         try:
             data = json.loads(path.read_text())
-            reports[int(data["pid"])] = float(data["seconds_per_image"])
+            cost = data["seconds_per_image"]
+            reports[int(data["pid"])] = None if cost is None else float(cost)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # being replaced, or not ours
     return reports
+
+
+def nothing_to_load(repository: ModelRepository) -> bool:
+    """True when the first scan found no version of the default model that is loading or
+    could be (no folder, no versions, or every one failed): waiting would not end soon."""
+    if not repository.scanned:
+        return False
+    default = repository.default
+    if default is None:
+        return True
+    if not default.store.scanned:
+        return False
+    return not any(row.state in ("loading", "available") for row in default.store.statuses())
 
 
 def seconds_per_image(state: ServiceState) -> float:
@@ -59,11 +75,16 @@ async def report_when_ready(state: ServiceState) -> None:
     directory = os.environ.get(READY_DIR_ENV)
     if not directory:
         return
+    cost: float | None = None
     while not state.repository.ready:
+        if nothing_to_load(state.repository):  # e.g. started before the first training
+            logger.info("no version of the default model to measure")
+            break
         await asyncio.sleep(POLL_S)
-    cost = await asyncio.to_thread(seconds_per_image, state)
+    else:
+        cost = await asyncio.to_thread(seconds_per_image, state)
+        logger.info("ready: the default model takes %.3f ms per image at full batch", cost * 1e3)
     path = Path(directory) / f"{os.getpid()}.json"
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps({"pid": os.getpid(), "seconds_per_image": cost}))
     os.replace(partial, path)  # the supervisor never reads half a report
-    logger.info("ready: the default model takes %.3f ms per image at full batch", cost * 1e3)

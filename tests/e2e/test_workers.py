@@ -98,3 +98,24 @@ def test_auto_measures_the_default_model_then_runs_one_worker_per_cpu(
         srv.url + "/predict", files={"file": ("d.png", png(np.zeros((8, 8), np.uint8)))}
     )
     assert response.status_code == 200
+
+
+def test_auto_without_a_model_starts_the_workers_at_once(
+    server_factory: object, tmp_path: Path
+) -> None:
+    """Started before the first training: nothing to measure, so ``auto`` does not wait for a
+    model; the workers answer at once (503 saying how to train, until a version appears)."""
+    from service.supervisor import auto_workers, usable_cpus
+
+    empty = tmp_path / "models"
+    empty.mkdir()
+    srv: Server = server_factory(empty, wait_ready=False, workers="auto")  # type: ignore[operator]
+    response = httpx.post(
+        srv.url + "/predict", files={"file": ("d.png", png(np.zeros((8, 8), np.uint8)))}
+    )
+    assert response.status_code == 503
+    assert "train.py" in response.json()["detail"]
+    cpus = auto_workers(usable_cpus())
+    assert len(worker_pids(srv.process.pid)) == (cpus if cpus > 1 else 0)
+    if cpus > 1:
+        assert "no default model measured" in srv.log()
