@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logger.info(
             "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
         )
-        # A worker under the supervisor says when it is ready and what its model costs.
+        # The supervisor's probe worker reports what its default model costs (others: no-op).
         report = asyncio.create_task(report_when_ready(state), name="worker-report")
         try:
             yield

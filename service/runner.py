@@ -109,6 +109,7 @@ def serve_worker(sock: socket.socket) -> int:
 def serve(settings: Settings, sock: socket.socket | None = None) -> int:
     """The single-process service: on ``sock`` when given (a worker), else on its own port
     with the metrics port beside it."""
+    from service.app import create_app
     from service.server import DrainingServer, ServiceConfig, start_metrics_server, uvicorn_options
 
     common: dict[str, Any] = {
@@ -116,8 +117,6 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> int:
         # DrainingServer shortens this to what is left of the grace period after the delay.
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_grace_s)),
     }
-    from service.app import create_app
-
     app = create_app(settings)
     server = DrainingServer(
         ServiceConfig(app, **common),

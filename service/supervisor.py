@@ -94,24 +94,24 @@ def _worker_entry(target: WorkerMain, sock: socket.socket) -> None:
     raise SystemExit(target(sock))
 
 
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _environment(overrides: dict[str, str | None]) -> Iterator[None]:
     """``os.environ`` with ``overrides`` (None: removed) while a worker is spawned (a spawned
     process starts with a copy of it)."""
     saved = {key: os.environ.get(key) for key in overrides}
     try:
-        for key, value in overrides.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(overrides)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 class Supervisor:
@@ -170,7 +170,7 @@ class Supervisor:
             args=(self._target, sock or self._sock),
             name=f"imgcls-worker-{index}",
         )
-        with _environment({**env, READY_DIR_ENV: str(self._ready_dir)}):
+        with _environment(env):
             process.start()
         logger.info("worker %d started (pid %s)", index, process.pid)
         return process
@@ -228,7 +228,9 @@ class Supervisor:
         logger.info("measuring the default model in a first worker, with every core")
         probe_sock = bind_socket("127.0.0.1", 0)
         try:
-            probe = self._spawn(0, self._probe_env or {}, sock=probe_sock)
+            # Only the probe reports (and times the model); the serving workers need not.
+            probe_env = {**(self._probe_env or {}), READY_DIR_ENV: str(self._ready_dir)}
+            probe = self._spawn(0, probe_env, sock=probe_sock)
             self._retiring.append(probe)
             cost = self._wait_for_report(probe, PROBE_TIMEOUT_S)
             if probe.pid is not None and probe.is_alive():

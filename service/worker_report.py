@@ -1,10 +1,10 @@
-"""What a worker tells its supervisor once its default model is warm: that it is ready, and
-how long the model takes per image (:mod:`service.supervisor` decides from it how many
-workers pay off).
+"""What the supervisor's probe worker reports once its default model is warm: how long the
+model takes per image (:mod:`service.supervisor` decides from it how many workers pay off).
 
 A file per worker process, ``<pid>.json`` in the folder the supervisor names in
 :data:`READY_DIR_ENV`, written once (atomically) and read by the supervisor; no sockets, no
-shared memory, nothing when the variable is unset (one process, or workers set explicitly).
+shared memory, nothing when the variable is unset (one process, the serving workers, or workers set
+explicitly).
 """
 
 from __future__ import annotations

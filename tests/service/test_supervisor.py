@@ -42,13 +42,15 @@ def serve_until_signalled(sock: socket.socket) -> int:
 
 
 def report_then_serve(sock: socket.socket) -> int:
-    """A stand-in worker whose default model costs ``IMGCLS_TEST_COST_S`` per image."""
+    """A stand-in worker whose default model costs ``IMGCLS_TEST_COST_S`` per image; it
+    reports, as the service does, only when the supervisor asks (the probe)."""
     _record_pid()
-    directory = Path(os.environ[READY_DIR_ENV])
-    cost = float(os.environ["IMGCLS_TEST_COST_S"])
-    (directory / f"{os.getpid()}.json").write_text(
-        json.dumps({"pid": os.getpid(), "seconds_per_image": cost})
-    )
+    directory = os.environ.get(READY_DIR_ENV)
+    if directory:
+        cost = float(os.environ["IMGCLS_TEST_COST_S"])
+        (Path(directory) / f"{os.getpid()}.json").write_text(
+            json.dumps({"pid": os.getpid(), "seconds_per_image": cost})
+        )
     time.sleep(60)
     return 0
 
