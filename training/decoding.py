@@ -369,6 +369,17 @@ def _declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
+def _probe(data: bytes) -> tuple[str, tuple[int, int] | None]:
+    """The format by content and the ``(width, height)`` its header declares (None: JPEG or
+    too short); raises :class:`EmptyImageError` or :class:`UnsupportedImageError`."""
+    if not data:
+        raise EmptyImageError()
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedImageError(_describe_unsupported(data))
+    return fmt, _declared_size(data, fmt)
+
+
 def declared_pixels(data: bytes) -> int | None:
     """``width * height`` as a PNG, GIF, BMP or WebP header declares it, read without decoding.
 
@@ -503,12 +514,7 @@ def decode_image(data: bytes, *, target_size: tuple[int, int], max_pixels: int) 
     height, width = _check_target_size(target_size)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
-    if not data:
-        raise EmptyImageError()
-    fmt = sniff_format(data)
-    if fmt is None:
-        raise UnsupportedImageError(_describe_unsupported(data))
-    declared = _declared_size(data, fmt)
+    fmt, declared = _probe(data)
     if declared is not None:
         _check_pixels(declared, max_pixels)
 
@@ -735,12 +741,7 @@ def check_header(head: bytes, *, max_pixels: int) -> str:
     Raises:
         EmptyImageError, UnsupportedImageError, CorruptImageError, ImageTooLargeError.
     """
-    if not head:
-        raise EmptyImageError()
-    fmt = sniff_format(head)
-    if fmt is None:
-        raise UnsupportedImageError(_describe_unsupported(head))
-    declared = _declared_size(head, fmt)
+    fmt, declared = _probe(head)
     if fmt != "JPEG":
         if declared is None:
             raise CorruptImageError(f"the {fmt} header is invalid or truncated")
