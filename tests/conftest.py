@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -22,6 +23,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SERVER_START_TIMEOUT_S = 120.0
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """A tool a test needs is absent: fail in CI (it must install every tool), skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI must provide it", pytrace=False)
+    pytest.skip(reason)
 
 
 def free_port() -> int:

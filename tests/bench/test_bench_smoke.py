@@ -20,6 +20,7 @@ import pytest
 
 from bench import budget, loadgen, photos, report
 from bench.loadgen import LevelResult
+from tests.conftest import missing_tool
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -29,10 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 @pytest.fixture(autouse=True)
 def require_wrk() -> None:
     if loadgen.wrk_path() is None:
-        reason = "wrk is not installed (apt-get install wrk, or `make system-deps`)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI must provide it", pytrace=False)
-        pytest.skip(reason)
+        missing_tool("wrk is not installed (apt-get install wrk, or `make system-deps`)")
 
 
 def test_multipart_body_holds_every_image() -> None:

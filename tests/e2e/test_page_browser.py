@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, Server
+from tests.conftest import ROOT, Server, missing_tool
 from training.data import load_digits_data
 
 pytestmark = pytest.mark.e2e
@@ -34,20 +34,14 @@ ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 30_000
 
 
-def _missing(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (required in CI)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("Playwright for Python is not installed: pip install -e '.[dev]'")
+        missing_tool("Playwright for Python is not installed: pip install -e '.[dev]'")
     if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        _missing(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+        missing_tool(f"no Chromium at {CHROMIUM}: apt-get install chromium")
     with sync_playwright() as playwright:
         # --no-sandbox: the tests run as root in containers, where Chromium's sandbox can't start.
         instance = playwright.chromium.launch(

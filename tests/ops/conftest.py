@@ -8,7 +8,6 @@ can still run the rest of the suite.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,6 +17,8 @@ from typing import Any, NoReturn
 
 import pytest
 import yaml
+
+from tests.conftest import missing_tool as shared_missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
@@ -82,9 +83,7 @@ def recording_rule_names(path: Path = ALERT_RULES) -> frozenset[str]:
 # --- external tools ---------------------------------------------------------------------------
 def missing_tool(reason: str) -> NoReturn:
     """Fail in CI (the tool is part of the contract there), skip elsewhere."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; CI must provide it ({INSTALL_HINT})", pytrace=False)
-    pytest.skip(f"{reason} (install: {INSTALL_HINT})")
+    shared_missing_tool(f"{reason} (install: {INSTALL_HINT})")
 
 
 @pytest.fixture(scope="session")

@@ -177,11 +177,10 @@ def matching(regex: str, routes: set[str]) -> set[str]:
 @pytest.fixture(scope="module")
 def service_routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """Route template -> HTTP methods, from the real app (the ``route`` label's values)."""
-    app_module = pytest.importorskip("service.app")
-    settings_module = pytest.importorskip("service.settings")
-    app = app_module.create_app(
-        settings_module.Settings(models_dir=tmp_path_factory.mktemp("no-models"))
-    )
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(models_dir=tmp_path_factory.mktemp("no-models")))
     paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
     return {path: {method.upper() for method in operations} for path, operations in paths.items()}
 

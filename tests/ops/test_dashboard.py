@@ -201,7 +201,8 @@ def test_iter_dashboard_queries_substitutes_grafana_variables() -> None:
 
 def test_metric_list_matches_the_service() -> None:
     """The names above are a contract with service/metrics.py: compare with what it registers."""
-    metrics = pytest.importorskip("service.metrics")
+    from service import metrics
+
     registered = metrics.ServiceMetrics(max_batch_size=32)
     families = {family.name: family.type for family in registered.registry.collect()}
     assert families == SERVICE_METRICS
