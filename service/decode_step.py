@@ -1,6 +1,7 @@
 """The one decode step between reading a request and queueing it: every upload's header is
-probed once, then the images are decoded to the model's input size on the event loop (tiny
-ones, cheaper than a thread hop) or on the decode pool (everything else)."""
+probed once (:func:`service.images.probe_header`, handed on to the decoder), then the images
+are decoded to the model's input size on the event loop (tiny ones, cheaper than a thread hop)
+or on the decode pool (everything else)."""
 
 from __future__ import annotations
 
@@ -11,25 +12,29 @@ from concurrent.futures import Executor
 import numpy as np
 
 from service.errors import ClientError
-from service.images import ImageError, declared_pixels, decode_image, sniff_format
+from service.images import ImageError, decode_image, probe_header
 from service.uploads import Upload
 
 _REASONS = {400: "bad_request", 413: "too_large", 415: "unsupported"}
 
 
-def _decode_one(upload: Upload, size: tuple[int, int], max_pixels: int) -> np.ndarray:
-    return decode_image(upload.data, target_size=size, max_pixels=max_pixels).array
+Header = tuple[str, tuple[int, int] | None]  # probe_header's (format, declared size)
 
 
-def _decode_inline(uploads: Sequence[Upload], size: tuple[int, int], max_pixels: int) -> bool:
+def _decode_one(
+    upload: Upload, header: Header, size: tuple[int, int], max_pixels: int
+) -> np.ndarray:
+    return decode_image(upload.data, target_size=size, max_pixels=max_pixels, header=header).array
+
+
+def _decode_inline(headers: Sequence[Header], size: tuple[int, int], max_pixels: int) -> bool:
     """True when every upload and the model input have at most ``max_pixels`` pixels: such an
     image decodes in well under 0.1 ms, less than the hop to a decode thread and back costs
     (a GIL handoff that waits up to 5 ms while the event loop is busy)."""
     if size[0] * size[1] > max_pixels:
         return False
-    for upload in uploads:
-        pixels = declared_pixels(upload.data)
-        if pixels is None or pixels > max_pixels:
+    for _, declared in headers:
+        if declared is None or declared[0] * declared[1] > max_pixels:
             return False
     return True
 
@@ -52,25 +57,26 @@ async def decode_all(
 ) -> list[np.ndarray]:
     """Decode every upload to ``input_size`` (height, width) float32 RGB pixels 0..255; the
     first bad one fails the request (4xx naming it)."""
+    headers: list[Header] = []
     for index, upload in enumerate(uploads):
-        # Cheap checks first, on the loop: no thread hop for empty or non-image bytes.
-        if not upload.data or sniff_format(upload.data) is None:
-            try:
-                decode_image(upload.data, target_size=input_size, max_pixels=max_pixels)
-            except ImageError as exc:
-                raise image_client_error(exc, index, upload.filename, len(uploads)) from None
-    if _decode_inline(uploads, input_size, inline_max_pixels):
+        # Each header once, on the loop: no thread hop for empty or non-image bytes, and the
+        # declared size decides where to decode.
+        try:
+            headers.append(probe_header(upload.data))
+        except ImageError as exc:
+            raise image_client_error(exc, index, upload.filename, len(uploads)) from None
+    if _decode_inline(headers, input_size, inline_max_pixels):
         arrays: list[np.ndarray] = []
-        for index, upload in enumerate(uploads):
+        for index, (upload, header) in enumerate(zip(uploads, headers, strict=True)):
             try:
-                arrays.append(_decode_one(upload, input_size, max_pixels))
+                arrays.append(_decode_one(upload, header, input_size, max_pixels))
             except ImageError as exc:
                 raise image_client_error(exc, index, upload.filename, len(uploads)) from None
         return arrays
     loop = asyncio.get_running_loop()
     futures = [
-        loop.run_in_executor(pool, _decode_one, upload, input_size, max_pixels)
-        for upload in uploads
+        loop.run_in_executor(pool, _decode_one, upload, header, input_size, max_pixels)
+        for upload, header in zip(uploads, headers, strict=True)
     ]
     arrays = []
     for index, future in enumerate(futures):

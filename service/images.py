@@ -27,6 +27,7 @@ from training.decoding import (
     declared_pixels,
     decode_image,
     image_to_array,
+    probe_header,
     sniff_format,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "declared_pixels",
     "decode_image",
     "image_to_array",
+    "probe_header",
     "sniff_format",
 ]

@@ -72,6 +72,7 @@ __all__ = [
     "decode_file",
     "decode_image",
     "image_to_array",
+    "probe_header",
     "read_header",
     "sniff_format",
 ]
@@ -369,9 +370,11 @@ def _declared_size(data: bytes, fmt: str) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
-def _probe(data: bytes) -> tuple[str, tuple[int, int] | None]:
+def probe_header(data: bytes) -> tuple[str, tuple[int, int] | None]:
     """The format by content and the ``(width, height)`` its header declares (None: JPEG or
-    too short); raises :class:`EmptyImageError` or :class:`UnsupportedImageError`."""
+    too short), without decoding; raises :class:`EmptyImageError` or
+    :class:`UnsupportedImageError`. Pass the result to :func:`decode_image` (``header=``) to
+    not read the header twice."""
     if not data:
         raise EmptyImageError()
     fmt = sniff_format(data)
@@ -491,7 +494,13 @@ _HIGH_DEPTH_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F
 _BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 
 
-def decode_image(data: bytes, *, target_size: tuple[int, int], max_pixels: int) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    *,
+    target_size: tuple[int, int],
+    max_pixels: int,
+    header: tuple[str, tuple[int, int] | None] | None = None,
+) -> DecodedImage:
     """Decode one uploaded image into the model's input layout.
 
     Args:
@@ -499,6 +508,7 @@ def decode_image(data: bytes, *, target_size: tuple[int, int], max_pixels: int) 
         target_size: ``(height, width)`` of the model input, in pixels.
         max_pixels: Largest accepted ``width * height`` of the upload, in pixels; checked from
             the header before any pixel data is decoded.
+        header: What :func:`probe_header` returned for ``data``, when the caller already has it.
 
     Returns:
         The first frame, EXIF-oriented, transparency composited onto black, resized with
@@ -514,7 +524,7 @@ def decode_image(data: bytes, *, target_size: tuple[int, int], max_pixels: int) 
     height, width = _check_target_size(target_size)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive int, got {max_pixels!r}")
-    fmt, declared = _probe(data)
+    fmt, declared = header if header is not None else probe_header(data)
     if declared is not None:
         _check_pixels(declared, max_pixels)
 
@@ -741,7 +751,7 @@ def check_header(head: bytes, *, max_pixels: int) -> str:
     Raises:
         EmptyImageError, UnsupportedImageError, CorruptImageError, ImageTooLargeError.
     """
-    fmt, declared = _probe(head)
+    fmt, declared = probe_header(head)
     if fmt != "JPEG":
         if declared is None:
             raise CorruptImageError(f"the {fmt} header is invalid or truncated")

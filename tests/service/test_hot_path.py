@@ -30,7 +30,7 @@ from service.batching import Batcher
 from service.decode_step import _decode_inline, decode_all
 from service.deps import get_state
 from service.errors import ClientError
-from service.images import declared_pixels
+from service.images import declared_pixels, probe_header
 from service.model_store import ModelStore
 from service.settings import Settings
 from service.uploads import Upload
@@ -217,12 +217,12 @@ def test_declared_pixels_reads_headers_only() -> None:
 
 
 def test_decode_inline_only_for_small_uploads_and_inputs() -> None:
-    small = [Upload("a.png", png(28, 28)), Upload("b.png", png(64, 64))]
+    small = [probe_header(png(28, 28)), probe_header(png(64, 64))]
     assert _decode_inline(small, (28, 28), 4096)
     assert not _decode_inline(small, (28, 28), 0)  # 0 turns it off
     assert not _decode_inline(small, (224, 224), 4096)  # a large model input: resize costs
-    assert not _decode_inline([*small, Upload("c.png", png(65, 64))], (28, 28), 4096)
-    assert not _decode_inline([Upload("d.jpg", jpeg(8, 8))], (28, 28), 4096)
+    assert not _decode_inline([*small, probe_header(png(65, 64))], (28, 28), 4096)
+    assert not _decode_inline([probe_header(jpeg(8, 8))], (28, 28), 4096)
 
 
 @pytest.fixture()
