@@ -28,10 +28,11 @@ RUN case "$TF_VARIANT" in \
         gpu) extra="[gpu]" ;; \
         *) echo "TF_VARIANT must be cpu or gpu, not '$TF_VARIANT'" >&2; exit 2 ;; \
     esac \
-    && mkdir -p training service \
-    && touch training/__init__.py service/__init__.py \
+    && mkdir -p contract training service \
+    && touch contract/__init__.py training/__init__.py service/__init__.py \
     && pip install ".${extra}"
 
+COPY contract/ contract/
 COPY training/ training/
 COPY service/ service/
 RUN pip install --no-deps --force-reinstall .
@@ -64,6 +65,7 @@ RUN groupadd --system --gid "${APP_UID}" imgcls \
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
+COPY contract/ contract/
 COPY training/ training/
 COPY service/ service/
 

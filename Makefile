@@ -10,7 +10,7 @@ MODELS_DIR ?= models
 # missing and we may (root); CI=true makes a missing one fail the tests instead of skipping them.
 SYSTEM_PACKAGES := prometheus docker-compose chromium wrk
 
-.PHONY: run test install system-deps train lint bench clean
+.PHONY: run test test-fast install system-deps train lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,15 @@ run: install
 test: install system-deps
 	$(PY) -m pytest
 
+# Unit tests only (no trained model, no server process): seconds, for the edit-test loop.
+test-fast: install
+	$(PY) -m pytest -m "not e2e and not slow"
+
+# Style, types and the layer contracts of pyproject's [tool.importlinter] (no cycles, the core
+# free of HTTP, training apart from the service). CI runs it before the tests.
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The load benchmark (BENCHMARKS.md), about 20 minutes (14 with `-m bench --no-knobs`); needs wrk.
 # `$(PY) -m bench --quick` is a half-minute smoke run of the same harness.

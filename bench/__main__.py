@@ -16,6 +16,9 @@ machine hits both alike:
   (:mod:`bench.compute`);
 * for each setting tried, the service with its defaults, measured right beside it.
 
+The references are defined once, in :mod:`bench.references`, and measured beside every
+workload alike; :mod:`bench.harness` runs wrk against them; :func:`run` below is the order.
+
 Two workloads: ``digits`` (one 540-byte 28x28 PNG per request, the default model) and
 ``photos`` (640x480 JPEG photos of 50-100 KB to a model trained on photos, 96x96x3;
 :mod:`bench.photos`), plus a compute-heavy model (VGG-16 at 48x48x3). The goals' points (c=32
@@ -35,434 +38,154 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from bench import budget, loadgen, report
+from bench.digits import digit_png, write_scripts
+from bench.harness import Runner, stop_except
+from bench.knobs import KindKnob, run_knobs
 from bench.loadgen import LevelResult
-from bench.models import DIGITS, ensure_digits, ensure_heavy, heavy_name, newest_version_dir
+from bench.machine import machine_info
+from bench.models import DIGITS, ensure_digits, ensure_heavy, heavy_name
 from bench.photos import PHOTOS, ensure_photo_workload, jpeg_decode_rate
-from bench.servers import (
-    ROOT,
-    ServerProcess,
-    bare_spec,
-    box_busy_cpu_s,
-    ceiling_spec,
-    fetch_text,
-    service_spec,
-    start_null,
-    wait_ready,
+from bench.plan import MULTI_IMAGE, Plan, describe, make_plan
+from bench.references import (
+    SINGLE_IMAGE_ONLY,
+    Served,
+    compute_ceiling,
+    loadgen_probe,
+    started,
 )
+from bench.servers import ROOT, ServerProcess
 
 DEFAULT_OUT = ROOT / "bench" / "results"
-MULTI_IMAGE = 8  # images per request in the multi-image runs
-#: The bare references take one ``UploadFile``: they are measured at one image per request.
-SINGLE_IMAGE_ONLY = frozenset({"bare_ceiling", "bare_unbatched"})
-
-Knob = dict[str, object]
 
 
 @dataclass
-class Plan:
-    """What one run measures; ``--quick`` shrinks every part of it."""
+class Session:
+    """What the steps of one run share."""
 
-    duration_s: int
-    levels: tuple[int, ...]
-    multi_levels: tuple[int, ...]
-    probe_levels: tuple[int, ...]
-    compute_seconds: float
-    heavy: bool
-    heavy_arch: str
-    heavy_side: int
-    repeats: int = 1
-    repeated: frozenset[int] = frozenset({32, 64})  # the goals' levels; the others run once
-    budget_s: int = 20  # seconds of the CPU budget's load (0: no budget)
-    photos: bool = True
-    photo_levels: tuple[int, ...] = (1, 32, 64)
-    photo_per_class: int = 60
-    photo_epochs: int = 3
-    knob_levels: tuple[int, ...] = ()
-    knob_duration_s: int = 3
-    heavy_knob_levels: tuple[int, ...] = (32,)
-    digits_knobs: list[tuple[str, Knob]] = field(default_factory=list)
-    heavy_knobs: list[Knob] = field(default_factory=list)
+    plan: Plan
+    out: Path
+    cpu: int | None  # the CPU wrk is pinned to (None: one CPU, not pinned)
+    scripts: dict[int, Path]  # the digit requests: images per request -> wrk script
+    image_bytes: int
+    knobs: list[dict[str, Any]] = field(default_factory=list)  # the settings sweep's rows
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    def runner(self, scripts: dict[int, Path] | None = None) -> Runner:
+        """The harness on ``scripts`` (default: the digit requests)."""
+        chosen = self.scripts if scripts is None else scripts
+        return Runner(chosen, self.cpu, single_image_only=SINGLE_IMAGE_ONLY)
 
 
-def make_plan(args: argparse.Namespace) -> Plan:
-    if args.quick:
-        return Plan(
-            duration_s=1,
-            levels=(1, 8),
-            multi_levels=(8,),
-            probe_levels=(32,),
-            compute_seconds=0.3,
-            heavy=False,
-            heavy_arch=args.heavy_arch,
-            heavy_side=args.heavy_side,
-            repeats=1,
-            budget_s=0 if args.no_budget else 3,
-            photos=not args.no_photos,
-            photo_levels=(8,),
-            photo_per_class=12,
-            photo_epochs=1,
-        )
-    knobs = not args.no_knobs
-    return Plan(
-        duration_s=args.duration,
-        levels=(1, 8, 32, 64, 128),
-        multi_levels=(8, 32),
-        probe_levels=(32, 64),
-        compute_seconds=2.0,
-        heavy=not args.no_heavy,
-        heavy_arch=args.heavy_arch,
-        heavy_side=args.heavy_side,
-        repeats=args.repeats,
-        budget_s=0 if args.no_budget else 20,
-        photos=not args.no_photos,
-        knob_levels=(1, 32, 64) if knobs else (),
-        knob_duration_s=max(2, args.duration - 1),
-        digits_knobs=[
-            # One process (the default is one worker per usable CPU, at most 4).
-            ("service", {"workers": 1}),
-            ("service", {"workers": 1, "tf_intra_op_threads": 1}),
-            ("ceiling", {"workers": 1}),
-            ("service", {"batch_timeout_s": 0.002}),
-            ("service", {"max_batch_size": 16}),
-            ("service", {"max_batch_size": 64}),
-            ("service", {"tf_inter_op_threads": 1}),
-            ("service", {"tf_intra_op_threads": 1, "tf_inter_op_threads": 1}),
-            ("service", {"inline_decode_max_pixels": 0}),
-        ]
-        if knobs
-        else [],
-        heavy_knobs=[
-            {"workers": 1},
-            {"tf_inter_op_threads": 1},
-            {"tf_intra_op_threads": 1, "tf_inter_op_threads": 1},
-        ]
-        if knobs
-        else [],
+# ------------------------------------------------------------------------------------- steps
+
+
+def open_session(args: argparse.Namespace) -> Session:
+    """The results folder, the CPU for wrk, the digit PNG's wrk scripts."""
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if loadgen.wrk_path() is None:
+        raise SystemExit("error: wrk is not installed (apt-get install wrk, or `make system-deps`)")
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = cpus[-1] if len(cpus) > 1 else None
+    png = digit_png()
+    scripts = write_scripts(out / "scripts", png, (1, MULTI_IMAGE))
+    return Session(make_plan(args), out, cpu, scripts, image_bytes=len(png))
+
+
+def newest(models_dir: Path, model: str) -> Served:
+    served = Served.newest(models_dir, model)
+    print(f"model {model}: {served.version_dir}", flush=True)
+    return served
+
+
+def sweep(
+    session: Session,
+    baselines: dict[str, ServerProcess],
+    served: Served,
+    knobs: list[KindKnob],
+    levels: tuple[int, ...],
+) -> None:
+    """The settings ``knobs`` on ``served``, each beside its running defaults server."""
+    if not knobs:
+        return
+    print(f"settings, {served.model} (each beside the defaults)", flush=True)
+    session.knobs += run_knobs(
+        session.runner(),
+        baselines,
+        knobs,
+        served,
+        session.logs,
+        levels,
+        session.plan.knob_duration_s,
+        first_index=len(session.knobs),
     )
 
 
-# ------------------------------------------------------------------------------ machine facts
-
-
-def machine_info() -> dict[str, Any]:
-    """Cores, CPU model and vector flags, versions: what a reader needs to compare numbers."""
-    cpuinfo_path = Path("/proc/cpuinfo")
-    lines = cpuinfo_path.read_text(errors="replace").splitlines() if cpuinfo_path.exists() else []
-    model = next(
-        (line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-        platform.processor(),
-    )
-    flags_line = next((line for line in lines if line.startswith("flags")), "")
-    flags = set(flags_line.split(":", 1)[1].split()) if flags_line else set()
-    wanted = (
-        "sse4_2",
-        "avx",
-        "avx2",
-        "fma",
-        "avx512f",
-        "avx512bw",
-        "avx512_vnni",
-        "avx512_bf16",
-        "amx_tile",
-    )
-
-    def version(name: str) -> str | None:
-        try:
-            return importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            return None
-
-    wrk = loadgen.wrk_path()
-    wrk_version = None
-    if wrk:
-        probe = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-        text = (probe.stdout + probe.stderr).strip()
-        wrk_version = text.splitlines()[0].split(" Copyright")[0] if text else None
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "cpu_flags": [flag for flag in wanted if flag in flags],
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "tensorflow": version("tensorflow"),
-        "keras": version("keras"),
-        "fastapi": version("fastapi"),
-        "starlette": version("starlette"),
-        "uvicorn": version("uvicorn"),
-        "uvloop": version("uvloop"),
-        "httptools": version("httptools"),
-        "wrk": wrk_version,
-        "loadavg_at_start": list(os.getloadavg()),
-    }
-
-
-def digit_png() -> bytes:
-    """One real 28x28 handwritten digit (a 7 from scikit-learn's set) as PNG bytes."""
-    import io
-
-    from PIL import Image
-
-    from training.data import digit_images
-
-    images, labels = digit_images()
-    buffer = io.BytesIO()
-    Image.fromarray(images[labels == 7][0]).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-# ----------------------------------------------------------------------------------- running
-
-
-def batch_counters(server: ServerProcess) -> tuple[float, float] | None:
-    """(sum, count) of ``imgcls_batch_size`` from /metrics; None where there is none."""
-    try:
-        text = fetch_text(server.url + "/metrics")
-    except OSError:
-        return None
-    total = count = None
-    for line in text.splitlines():
-        if line.startswith("imgcls_batch_size_sum"):
-            total = float(line.split()[-1])
-        elif line.startswith("imgcls_batch_size_count"):
-            count = float(line.split()[-1])
-    return (total, count) if total is not None and count is not None else None
-
-
-@dataclass
-class Runner:
-    """Runs wrk levels against servers and prints one line per level."""
-
-    scripts: dict[int, Path]  # images per request -> wrk script
-    cpu: int | None
-    timeout_s: float = 30.0
-
-    def level(
-        self, server: ServerProcess, concurrency: int, images: int, duration_s: int, label: str
-    ) -> LevelResult:
-        """One wrk run; adds the server's CPU, the rest of the machine's and the mean batch."""
-        before_cpu = server.cpu_seconds()
-        before_box = box_busy_cpu_s()
-        before_batches = batch_counters(server)
-        result = loadgen.run_wrk(
-            server.url + "/predict",
-            self.scripts[images],
-            concurrency=concurrency,
-            duration_s=duration_s,
-            images_per_request=images,
-            cpu=self.cpu,
-            timeout_s=self.timeout_s,
+def measure_digits(session: Session, served: Served) -> dict[str, Any]:
+    """Digits, the default model (HTTP-bound): the service beside every reference, single- and
+    multi-image requests; then the settings sweep beside the service and the own-stack ceiling."""
+    plan = session.plan
+    digits: dict[str, Any] = {"version_dir": str(served.version_dir)}
+    digits["compute"] = compute_ceiling(served.version_dir, plan.compute_seconds)
+    points = [(c, 1) for c in plan.levels] + [(c, MULTI_IMAGE) for c in plan.multi_levels]
+    with started(served, session.logs) as servers:
+        digits["runs"] = session.runner().interleaved(
+            servers, points, plan.duration_s, repeats=plan.repeats, repeated=plan.repeated
         )
-        box = box_busy_cpu_s() - before_box
-        result.server_cpu_s = round(server.cpu_seconds() - before_cpu, 2)
-        # Everything else that ran meanwhile (other jobs on a shared machine): noise, in cores.
-        other = max(0.0, box - result.server_cpu_s - result.loadgen_cpu_s) / result.duration_s
-        result.extra["other_load_cores"] = round(other, 2)
-        after_batches = batch_counters(server)
-        if before_batches and after_batches and after_batches[1] > before_batches[1]:
-            result.mean_batch_size = round(
-                (after_batches[0] - before_batches[0]) / (after_batches[1] - before_batches[1]), 2
-            )
-        batch = f" batch {result.mean_batch_size:5.1f}" if result.mean_batch_size else ""
-        print(
-            f"  {label:<34} c={concurrency:<4} x{images:<2} {result.rps:8.1f} req/s "
-            f"{result.images_per_s:8.1f} img/s  p50 {result.p50_ms:7.2f} p99 {result.p99_ms:7.2f} "
-            f"ms  err {result.error_count}{batch}  cores: server "
-            f"{result.server_cpu_s / result.duration_s:.2f} wrk "
-            f"{result.loadgen_cpu_s / result.duration_s:.2f} other {other:.2f}",
-            flush=True,
-        )
-        return result
-
-    def warm(self, server: ServerProcess) -> None:
-        """One second of load, discarded: connections, caches and code paths warm. A server
-        that answers anything but 2xx there is broken: stop with its log rather than measure
-        how fast it fails."""
-        result = loadgen.run_wrk(
-            server.url + "/predict", self.scripts[1], concurrency=8, duration_s=1, cpu=self.cpu
-        )
-        if result.errors["status"] or not result.requests:
-            raise RuntimeError(
-                f"{server.name} answered {result.errors['status']} of {result.requests} "
-                f"warm-up requests with an error status; its log:\n{server.log_tail()}"
-            )
-
-    def interleaved(
-        self,
-        servers: dict[str, ServerProcess],
-        points: Iterable[tuple[int, int]],
-        duration_s: int,
-        prefix: str = "",
-        repeats: int = 1,
-        repeated: frozenset[int] | None = None,
-    ) -> dict[str, list[LevelResult]]:
-        """Each (concurrency, images) point on every server back to back, the order rotating
-        from point to point (and from repeat to repeat), so slow drifts in the machine's load
-        fall on all of them alike. With ``repeats`` > 1 the whole sequence runs that many
-        times and each point keeps the run with the median rate (all rates in
-        ``extra["repeats_rps"]``); ``repeated`` limits the repeats to points of those
-        concurrencies (None: every point). Servers in :data:`SINGLE_IMAGE_ONLY` skip
-        multi-image points.
-        """
-        for server in servers.values():
-            self.warm(server)
-        points = list(points)
-        runs: dict[tuple[str, int], list[LevelResult]] = {}
-        names = list(servers)
-        for repeat in range(repeats):
-            for index, (concurrency, images) in enumerate(points):
-                if repeat and repeated is not None and concurrency not in repeated:
-                    continue
-                shift = (index + repeat) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    if images > 1 and name in SINGLE_IMAGE_ONLY:
-                        continue
-                    tag = f" #{repeat + 1}" if repeats > 1 else ""
-                    level = self.level(
-                        servers[name], concurrency, images, duration_s, f"{prefix}{name}{tag}"
-                    )
-                    runs.setdefault((name, index), []).append(level)
-        results: dict[str, list[LevelResult]] = {name: [] for name in servers}
-        for (name, _index), levels in sorted(runs.items(), key=lambda item: item[0][1]):
-            results[name].append(median_level(levels))
-        return results
+        stop_except(servers, ("service", "ceiling"))
+        sweep(session, servers, served, plan.digits_knobs, plan.knob_levels)
+    return digits
 
 
-def median_level(levels: list[LevelResult]) -> LevelResult:
-    """The level with the median rate (the lower middle one of an even count); every run's
-    rate is kept in its ``extra["repeats_rps"]``."""
-    ranked = sorted(levels, key=lambda level: level.rps)
-    chosen = ranked[(len(ranked) - 1) // 2]
-    if len(levels) > 1:
-        chosen.extra["repeats_rps"] = [level.rps for level in levels]
-    return chosen
-
-
-def stop_all(servers: Iterable[ServerProcess]) -> None:
-    for server in servers:
-        server.stop()
-
-
-def compute_ceiling(version_dir: Path, seconds: float) -> dict[str, Any]:
-    """Run :mod:`bench.compute` in a fresh process and return its JSON."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [
-        sys.executable,
-        "-m",
-        "bench.compute",
-        str(version_dir),
-        "--seconds",
-        str(seconds),
-        "--batch-sizes",
-        "1,8,16,32,64",
-    ]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.compute failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    print(
-        f"  compute ceiling {result['model']}: {result['images_per_s']:.1f} img/s at batch "
-        f"{result['best_batch_size']} ({result['ms_per_image_at_best']:.2f} ms/img)",
-        flush=True,
+def measure_budget(session: Session, models_dir: Path) -> dict[str, Any]:
+    """The per-request CPU budget of the service (digits, c=32, sampled with py-spy)."""
+    print("CPU budget: the service under wrk, sampled with py-spy", flush=True)
+    result = budget.run_budget(
+        models_dir,
+        DIGITS,
+        session.scripts[1],
+        session.out / "budget",
+        duration_s=session.plan.budget_s,
+        cpu=session.cpu,
     )
+    if "skipped" in result:
+        print(f"  skipped: {result['skipped']}", flush=True)
+    else:
+        print(report.budget_table(result), flush=True)
     return result
 
 
-def knob_label(settings: Knob) -> str:
-    return ", ".join(f"{key}={value}" for key, value in settings.items()) or "defaults"
-
-
-def run_knobs(
-    runner: Runner,
-    baselines: dict[str, ServerProcess],
-    knobs: list[tuple[str, Knob]],
-    spawn_knob: Any,
-    levels: tuple[int, ...],
-    duration_s: int,
-    model: str,
-) -> list[dict[str, Any]]:
-    """Each setting alone, on a fresh server, interleaved with the running defaults server of
-    the same kind ("service" or "ceiling"), so each row is also a ratio to the defaults."""
-    entries = []
-    for kind, knob in knobs:
-        server = wait_ready([spawn_knob(kind, knob)])[0]
-        try:
-            label = f"{model} {kind}: {knob_label(knob)}"
-            pair = runner.interleaved(
-                {label: server, f"{model} {kind}: defaults": baselines[kind]},
-                [(c, 1) for c in levels],
-                duration_s,
-            )
-        finally:
-            server.stop()
-        knob_levels, base_levels = pair.values()
-        entries.append(
-            {
-                "model": model,
-                "kind": kind,
-                "settings": knob,
-                "levels": knob_levels,
-                "baseline": base_levels,
-            }
-        )
-    return entries
-
-
-def start_servers(specs: dict[str, tuple[ServerProcess, str]]) -> dict[str, ServerProcess]:
-    """Start every server in parallel and wait until all are ready; name -> server."""
-    return dict(zip(specs, wait_ready(list(specs.values())), strict=True))
-
-
-def run_photos(plan: Plan, cache: Path, logs: Path, cpu: int | None, out: Path) -> dict[str, Any]:
-    """The photo workload: the service and every reference on 640x480 JPEG photos, a model
-    trained on photos (96x96x3), beside the machine's JPEG decode rate on one core."""
+def measure_photos(session: Session, cache: Path) -> dict[str, Any]:
+    """Photos: 640x480 JPEGs to a model trained on photos (96x96x3), the service beside every
+    reference and the machine's JPEG decode rate on one core."""
+    plan = session.plan
     workload = ensure_photo_workload(
         cache, per_class=plan.photo_per_class, epochs=plan.photo_epochs
     )
-    version = newest_version_dir(workload.models_dir, PHOTOS)
-    print(f"model {PHOTOS}: {version}", flush=True)
-    meta = json.loads((version / "metadata.json").read_text())
-    height, width = meta["input"]["height"], meta["input"]["width"]
-    photos: dict[str, Any] = {"version_dir": str(version)}
+    served = newest(workload.models_dir, PHOTOS)
+    photos: dict[str, Any] = {"version_dir": str(served.version_dir)}
     photos["decode"] = jpeg_decode_rate(workload.served, min(2.0, 4 * plan.compute_seconds))
     print(
         f"  JPEG decode, one thread: {photos['decode']['decode_per_s_one_core']:.0f}/s full size, "
         f"{photos['decode']['decode_resize_per_s_one_core']:.0f}/s with the resize",
         flush=True,
     )
-    photos["compute"] = compute_ceiling(version, plan.compute_seconds)
+    photos["compute"] = compute_ceiling(served.version_dir, plan.compute_seconds)
     requests = [[(path.name, path.read_bytes())] for path in workload.served]
-    script = loadgen.write_rotating_script(out / "scripts", requests, "photos")
-    runner = Runner({1: script}, cpu)
-    models_dir = workload.models_dir
-    servers = start_servers(
-        {
-            "service": service_spec(models_dir, PHOTOS, logs, "service-photos"),
-            "bare_ceiling": bare_spec(logs, "bare-ceiling-photos", height=height, width=width),
-            "bare_unbatched": bare_spec(
-                logs, "bare-unbatched-photos", height=height, width=width, model_dir=version
-            ),
-            "ceiling": ceiling_spec(logs, "ceiling-photos", height=height, width=width),
-            "unbatched": service_spec(
-                models_dir, PHOTOS, logs, "unbatched-photos", max_batch_size=1
-            ),
-        }
-    )
-    try:
-        photos["runs"] = runner.interleaved(
+    script = loadgen.write_rotating_script(session.out / "scripts", requests, "photos")
+    with started(served, session.logs) as servers:
+        photos["runs"] = session.runner({1: script}).interleaved(
             servers,
             [(c, 1) for c in plan.photo_levels],
             plan.duration_s,
@@ -470,8 +193,6 @@ def run_photos(plan: Plan, cache: Path, logs: Path, cpu: int | None, out: Path) 
             repeats=plan.repeats,
             repeated=plan.repeated,
         )
-    finally:
-        stop_all(servers.values())
     photos["workload"] = {
         "photos": len(workload.served),
         "jpeg_bytes": [path.stat().st_size for path in workload.served],
@@ -481,182 +202,61 @@ def run_photos(plan: Plan, cache: Path, logs: Path, cpu: int | None, out: Path) 
     return photos
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    plan = make_plan(args)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    if loadgen.wrk_path() is None:
-        raise SystemExit("error: wrk is not installed (apt-get install wrk, or `make system-deps`)")
-    cpus = sorted(os.sched_getaffinity(0))
-    cpu = cpus[-1] if len(cpus) > 1 else None
-    png = digit_png()
-    scripts = {
-        n: loadgen.write_script(
-            out / "scripts", [(f"digit-{i}.png", png) for i in range(n)], f"x{n}"
+def measure_heavy(session: Session, served: Served) -> dict[str, Any]:
+    """The compute-heavy model: the service beside its unbatched self and the compute ceiling
+    (measured before and after the load), then its settings sweep."""
+    plan = session.plan
+    heavy: dict[str, Any] = {"version_dir": str(served.version_dir)}
+    first = compute_ceiling(served.version_dir, plan.compute_seconds)
+    with started(served, session.logs, ("service", "unbatched")) as servers:
+        heavy["runs"] = session.runner().interleaved(
+            servers,
+            [(c, 1) for c in plan.levels],
+            plan.duration_s,
+            repeats=plan.repeats,
+            repeated=plan.repeated,
         )
-        for n in (1, MULTI_IMAGE)
+        stop_except(servers, ("service",))
+        sweep(session, servers, served, plan.heavy_knobs, plan.heavy_knob_levels)
+    # Measured again after the load runs: the ratio uses the better of the two, so noise on
+    # the machine cannot flatter the service.
+    second = compute_ceiling(served.version_dir, plan.compute_seconds)
+    best = max((first, second), key=lambda result: result["images_per_s"])
+    heavy["compute"] = {
+        **best,
+        "measurements_images_per_s": [first["images_per_s"], second["images_per_s"]],
     }
-    runner = Runner(scripts, cpu)
-    started = time.monotonic()
+    return heavy
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark, step by step; the results as ``results.json`` holds them."""
+    session = open_session(args)
+    plan = session.plan
+    started_s = time.monotonic()
     results: dict[str, Any] = {
         "command": args.command_line,
         "quick": args.quick,
         "machine": machine_info(),
-        "plan": {
-            "duration_s": plan.duration_s,
-            "levels": list(plan.levels),
-            "multi_image": MULTI_IMAGE,
-            "multi_levels": list(plan.multi_levels),
-            "loadgen": f"wrk 1 thread, <concurrency> keep-alive connections (closed loop), "
-            f"pinned to CPU {cpu}; servers unpinned (both cores)",
-            "image_bytes": len(png),
-            "repeats": plan.repeats,
-            "repeated_concurrencies": sorted(plan.repeated),
-            "photo_levels": list(plan.photo_levels) if plan.photos else [],
-        },
+        "plan": describe(plan, session.cpu, session.image_bytes),
         "models": {},
         "knobs": [],
     }
-
-    print("loadgen probe: wrk against a constant-answer asyncio server", flush=True)
-    null = start_null(logs)
-    try:
-        probe = [
-            runner.level(null, c, 1, plan.duration_s, "null server") for c in plan.probe_levels
-        ]
-    finally:
-        null.stop()
-    results["loadgen_probe"] = probe
-
-    # --- digits: the default model, HTTP-bound ------------------------------------------------
-    digits_dir = ensure_digits(args.cache, args.models_dir)
-    digits_version = newest_version_dir(digits_dir, DIGITS)
-    print(f"model {DIGITS}: {digits_version}", flush=True)
-    meta = json.loads((digits_version / "metadata.json").read_text())
-    height, width = meta["input"]["height"], meta["input"]["width"]
-    digits: dict[str, Any] = {"version_dir": str(digits_version)}
-    digits["compute"] = compute_ceiling(digits_version, plan.compute_seconds)
-    servers = start_servers(
-        {
-            "service": service_spec(digits_dir, DIGITS, logs, "service-digits"),
-            "bare_ceiling": bare_spec(logs, "bare-ceiling-digits", height=height, width=width),
-            "bare_unbatched": bare_spec(
-                logs, "bare-unbatched-digits", height=height, width=width, model_dir=digits_version
-            ),
-            "ceiling": ceiling_spec(logs, "ceiling", height=height, width=width),
-            "unbatched": service_spec(
-                digits_dir, DIGITS, logs, "unbatched-digits", max_batch_size=1
-            ),
-        }
+    results["loadgen_probe"] = loadgen_probe(
+        session.runner(), plan.probe_levels, plan.duration_s, session.logs
     )
-    try:
-        points = [(c, 1) for c in plan.levels] + [(c, MULTI_IMAGE) for c in plan.multi_levels]
-        digits["runs"] = runner.interleaved(
-            servers, points, plan.duration_s, repeats=plan.repeats, repeated=plan.repeated
-        )
-        for name in ("unbatched", "bare_ceiling", "bare_unbatched"):
-            servers.pop(name).stop()
-        results["models"][DIGITS] = digits
-        if plan.digits_knobs:
-            print("settings, digits (each beside the defaults)", flush=True)
-
-            def spawn_digits(kind: str, knob: Knob) -> tuple[ServerProcess, str]:
-                name = f"knob-{len(results['knobs'])}-{kind}"
-                if kind == "ceiling":
-                    return ceiling_spec(logs, name, height=height, width=width, **knob)
-                return service_spec(digits_dir, DIGITS, logs, name, **knob)
-
-            results["knobs"] += run_knobs(
-                runner,
-                servers,
-                plan.digits_knobs,
-                spawn_digits,
-                plan.knob_levels,
-                plan.knob_duration_s,
-                DIGITS,
-            )
-    finally:
-        stop_all(servers.values())
-
-    # --- the per-request CPU budget of the service (digits, c=32, py-spy) ----------------------
+    digits = newest(ensure_digits(args.cache, args.models_dir), DIGITS)
+    results["models"][DIGITS] = measure_digits(session, digits)
     if plan.budget_s:
-        print("CPU budget: the service under wrk, sampled with py-spy", flush=True)
-        results["budget"] = budget.run_budget(
-            digits_dir,
-            DIGITS,
-            scripts[1],
-            out / "budget",
-            duration_s=plan.budget_s,
-            cpu=cpu,
-        )
-        if "skipped" in results["budget"]:
-            print(f"  skipped: {results['budget']['skipped']}", flush=True)
-        else:
-            print(budget.table(results["budget"]), flush=True)
-
-    # --- photos: 640x480 JPEGs to a 96x96x3 model ----------------------------------------------
+        results["budget"] = measure_budget(session, digits.models_dir)
     if plan.photos:
-        results["models"][PHOTOS] = run_photos(plan, args.cache, logs, cpu, out)
-
-    # --- a compute-heavy model ----------------------------------------------------------------
+        results["models"][PHOTOS] = measure_photos(session, args.cache)
     if plan.heavy:
         name = heavy_name(plan.heavy_arch, plan.heavy_side)
-        heavy_dir = ensure_heavy(args.cache, plan.heavy_arch, plan.heavy_side)
-        version = newest_version_dir(heavy_dir, name)
-        print(f"model {name}: {version}", flush=True)
-        heavy: dict[str, Any] = {"version_dir": str(version)}
-        first = compute_ceiling(version, plan.compute_seconds)
-        servers = dict(
-            zip(
-                ("service", "unbatched"),
-                wait_ready(
-                    [
-                        service_spec(heavy_dir, name, logs, f"service-{name}"),
-                        service_spec(heavy_dir, name, logs, f"unbatched-{name}", max_batch_size=1),
-                    ]
-                ),
-                strict=True,
-            )
-        )
-        try:
-            heavy["runs"] = runner.interleaved(
-                servers,
-                [(c, 1) for c in plan.levels],
-                plan.duration_s,
-                repeats=plan.repeats,
-                repeated=plan.repeated,
-            )
-            servers.pop("unbatched").stop()
-            if plan.heavy_knobs:
-                print(f"settings, {name} (each beside the defaults)", flush=True)
-
-                def spawn_heavy(kind: str, knob: Knob) -> tuple[ServerProcess, str]:
-                    label = f"knob-{len(results['knobs'])}-{name}"
-                    return service_spec(heavy_dir, name, logs, label, **knob)
-
-                results["knobs"] += run_knobs(
-                    runner,
-                    servers,
-                    [("service", knob) for knob in plan.heavy_knobs],
-                    spawn_heavy,
-                    plan.heavy_knob_levels,
-                    plan.knob_duration_s,
-                    name,
-                )
-        finally:
-            stop_all(servers.values())
-        # Measured again after the load runs: the ratio uses the better of the two, so noise
-        # on the machine cannot flatter the service.
-        second = compute_ceiling(version, plan.compute_seconds)
-        best = max((first, second), key=lambda result: result["images_per_s"])
-        heavy["compute"] = {
-            **best,
-            "measurements_images_per_s": [first["images_per_s"], second["images_per_s"]],
-        }
-        results["models"][name] = heavy
-
-    results["elapsed_s"] = round(time.monotonic() - started, 1)
+        heavy = newest(ensure_heavy(args.cache, plan.heavy_arch, plan.heavy_side), name)
+        results["models"][name] = measure_heavy(session, heavy)
+    results["knobs"] = session.knobs
+    results["elapsed_s"] = round(time.monotonic() - started_s, 1)
     return results
 
 

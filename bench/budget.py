@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
+from bench.digits import digit_png
 from bench.models import DIGITS, ensure_digits
+from bench.report import budget_table
 from bench.servers import _CLOCK_TICKS, ROOT, ServerProcess, fetch_text, spawn, wait_ready
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "budget"
@@ -83,19 +85,19 @@ LOOP = "event loop (uvloop I/O, asyncio scheduling)"
 #: A sample with one of these frames anywhere is theirs: the disconnect watcher task of the old
 #: ``unless_disconnected`` (its ``receive()`` would otherwise count as uvicorn's).
 STACK_RULES: list[Rule] = [
-    *_rules(DISCONNECT, "service/disconnect.py", functions=("_wait_for_disconnect",)),
-    *_rules(DISCONNECT, "service/disconnect.py", functions=("_race_watcher_task",)),
+    *_rules(DISCONNECT, "service/http/disconnect.py", functions=("_wait_for_disconnect",)),
+    *_rules(DISCONNECT, "service/http/disconnect.py", functions=("_race_watcher_task",)),
 ]
 
 #: In priority order: at each frame (innermost first) the first matching rule wins.
 RULES: list[Rule] = [
     *_rules(METRICS, "prometheus_client/", "service/metrics.py"),
-    *_rules(JSON, "service/inference.py", functions=("top_k", "model_ref")),
+    *_rules(JSON, "service/serving/inference.py", functions=("top_k", "model_ref")),
     *_rules(JSON, "/json/", "fastapi/encoders.py", "starlette/responses.py", "orjson"),
     *_rules(JSON, "service/answers.py", "service/responses.py"),
-    *_rules(MODEL_ON_LOOP, "tensorflow/", "keras/", "service/model_store.py"),
-    *_rules(DECODE, "PIL/", "service/images.py", "service/decode_step.py", "training/decoding"),
-    *_rules(QUEUE, "service/batching.py", "service/inference.py"),
+    *_rules(MODEL_ON_LOOP, "tensorflow/", "keras/", "service/serving/model_store.py"),
+    *_rules(DECODE, "PIL/", "service/serving/decode_step.py", "contract/decoding/"),
+    *_rules(QUEUE, "service/serving/batching.py", "service/serving/inference.py"),
     # The committed tree before issue 11 (``--root`` of a "before" budget) read the body,
     # decoded and queued in the route module itself.
     *_rules(BODY, "service/routes/predict.py", functions=("read_body", "_read_stream")),
@@ -103,17 +105,19 @@ RULES: list[Rule] = [
     *_rules(DECODE, "service/routes/predict.py", functions=("decode_all", "_decode_one")),
     *_rules(DECODE, "service/routes/predict.py", functions=("_decode_inline",)),
     *_rules(QUEUE, "service/routes/predict.py", functions=("classify",)),
-    *_rules(DISCONNECT, "service/disconnect.py"),
-    *_rules(BODY, "service/uploads.py", "starlette/formparsers.py", "multipart/"),
+    *_rules(DISCONNECT, "service/http/disconnect.py"),
+    *_rules(BODY, "service/http/uploads.py", "starlette/formparsers.py", "multipart/"),
     *_rules(BODY, "starlette/requests.py", "starlette/datastructures.py", "tempfile.py"),
-    *_rules(GUARD, "service/http_guard.py", "service/server.py"),
+    *_rules(GUARD, "service/http/guard.py", "service/http/server.py"),
     *_rules(FRAMEWORK, "uvicorn/protocols/http/httptools_impl.py", functions=("run_asgi",)),
     *_rules(HTTP, "uvicorn/protocols/http/", "httptools/"),
-    *_rules(MIDDLEWARE, "service/middleware.py", "service/app.py", "starlette/middleware/"),
-    *_rules(MIDDLEWARE, "service/cors.py", "uvicorn/middleware/"),
+    *_rules(MIDDLEWARE, "service/http/middleware.py", "service/app.py", "starlette/middleware/"),
+    *_rules(MIDDLEWARE, "service/http/cors.py", "uvicorn/middleware/"),
     *_rules(FRAMEWORK, "fastapi/", "starlette/", "anyio/", "pydantic", "service/routes/"),
-    *_rules(FRAMEWORK, "service/pipeline.py", "service/deps.py", "service/auth.py"),
-    *_rules(FRAMEWORK, "service/repository.py", "service/state.py", "service/errors.py"),
+    *_rules(FRAMEWORK, "service/dataplane.py", "service/deps.py", "service/http/auth.py"),
+    *_rules(
+        FRAMEWORK, "service/serving/repository.py", "service/state.py", "service/http/errors.py"
+    ),
     # Everything else (asyncio, uvicorn's server loop, service/__main__.py at the root of the
     # loop's own stack, uvloop's native I/O below it) is the event loop itself: LOOP.
 ]
@@ -214,32 +218,16 @@ def batch_counts(server: ServerProcess) -> tuple[float, float]:
     return total, count
 
 
-def measure(
-    server: ServerProcess,
-    script: Path,
-    *,
-    concurrency: int,
-    duration_s: int,
-    rate_hz: int,
-    out: Path,
-    cpu: int | None,
-) -> dict[str, Any]:
-    """Load ``server`` for ``duration_s`` seconds while py-spy samples it; the budget."""
-    py_spy = py_spy_path() or "py-spy"
-    pid = server.process.pid
-    raw = out / "py-spy.txt"
-    url = server.url + "/predict"
-    loadgen.run_wrk(url, script, concurrency=concurrency, duration_s=2, cpu=cpu)  # warm
-    before_threads = thread_cpu_s(pid)
-    before_batches = batch_counts(server)
-    spy = subprocess.Popen(
+def start_py_spy(pid: int, duration_s: int, rate_hz: int, raw: Path) -> subprocess.Popen[str]:
+    """py-spy recording every thread of ``pid`` for ``duration_s`` seconds into ``raw``."""
+    return subprocess.Popen(
         [
-            py_spy,
+            py_spy_path() or "py-spy",
             "record",
             "--pid",
             str(pid),
             "--duration",
-            str(max(1, duration_s - 1)),
+            str(duration_s),
             "--rate",
             str(rate_hz),
             "--format",
@@ -254,15 +242,40 @@ def measure(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def read_py_spy(spy: subprocess.Popen[str], raw: Path) -> Samples:
+    """Wait for the recording of :func:`start_py_spy` and parse it."""
+    _, spy_err = spy.communicate(timeout=60)
+    if spy.returncode != 0 or not raw.exists():
+        raise PySpyError(f"py-spy failed ({spy.returncode}): {spy_err.strip()[-500:]}")
+    return Samples.parse(raw.read_text())
+
+
+def measure(
+    server: ServerProcess,
+    script: Path,
+    *,
+    concurrency: int,
+    duration_s: int,
+    rate_hz: int,
+    out: Path,
+    cpu: int | None,
+) -> dict[str, Any]:
+    """Load ``server`` for ``duration_s`` seconds while py-spy samples it; the budget."""
+    pid = server.process.pid
+    raw = out / "py-spy.txt"
+    url = server.url + "/predict"
+    loadgen.run_wrk(url, script, concurrency=concurrency, duration_s=2, cpu=cpu)  # warm
+    before_threads = thread_cpu_s(pid)
+    before_batches = batch_counts(server)
+    spy = start_py_spy(pid, max(1, duration_s - 1), rate_hz, raw)
     level = loadgen.run_wrk(
         url, script, concurrency=concurrency, duration_s=duration_s, cpu=cpu, timeout_s=30
     )
     after_threads = thread_cpu_s(pid)
     after_batches = batch_counts(server)
-    _, spy_err = spy.communicate(timeout=60)
-    if spy.returncode != 0 or not raw.exists():
-        raise PySpyError(f"py-spy failed ({spy.returncode}): {spy_err.strip()[-500:]}")
-    samples = Samples.parse(raw.read_text())
+    samples = read_py_spy(spy, raw)
 
     requests = level.requests - level.errors["status"]
     used = {
@@ -372,29 +385,6 @@ def run_budget(
     return budget
 
 
-def table(budget: dict[str, Any]) -> str:
-    """The budget as a Markdown table (µs of CPU per request and share of the total)."""
-    total = budget["server_cpu_us_per_request"] or 1
-    lines = [
-        f"c={budget['concurrency']}, {budget['duration_s']:.0f} s: {budget['rps']:.0f} req/s, "
-        f"p50 {budget['p50_ms']:.1f} ms, p99 {budget['p99_ms']:.1f} ms, mean batch "
-        f"{budget['mean_batch']}, server CPU {budget['server_cpu_us_per_request']:.0f} µs/req "
-        f"(event loop {budget['loop_cpu_us_per_request']:.0f} µs/req, busy "
-        f"{budget['loop_busy_fraction']:.0%} of the time); {budget['py_spy_samples_on_loop']} "
-        "py-spy samples on the loop.",
-        "",
-        "| where | part | µs CPU / request | share |",
-        "|---|---|---:|---:|",
-    ]
-    for row in budget["rows"]:
-        lines.append(
-            f"| {row['where']} | {row['row']} | {row['us_per_request']:.0f} | "
-            f"{row['us_per_request'] / total:.0%} |"
-        )
-    lines.append(f"| | **total** | **{budget['server_cpu_us_per_request']:.0f}** | 100% |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.budget",
@@ -416,8 +406,6 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = ensure_digits(args.cache, args.models_dir)
     cpus = sorted(os.sched_getaffinity(0))
     cpu = cpus[-1] if len(cpus) > 1 else None
-    from bench.__main__ import digit_png
-
     script = loadgen.write_script(args.out, [("digit.png", digit_png())], "budget")
     budget = run_budget(
         models_dir,
@@ -435,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     budget["label"] = args.label
     name = f"budget{'-' + args.label if args.label else ''}"
     (args.out / f"{name}.json").write_text(json.dumps(budget, indent=2) + "\n")
-    text = table(budget)
+    text = budget_table(budget)
     (args.out / f"{name}.md").write_text(text + "\n")
     print(text)
     print("\nmost sampled frames on the event loop (innermost frame, row, samples):")

@@ -2,12 +2,12 @@
 
 Same server (uvicorn with the service's config and guarded HTTP protocol), same framework
 (FastAPI), same middleware (request metrics, drain), and the service's own upload reading
-(:func:`service.uploads.read_uploads`: body limits and timeout, multipart parsing) and decoding
-(:func:`service.decode_step.decode_all`: sniffing, Pillow decode, resize to the model's input),
-then a constant top-5 per image rendered the same way. It imports lower layers of the service
-only, never a route module. What it leaves out is exactly what batching can change: the queue,
-the model thread and the model call (and the disconnect watch around them). So the service can
-approach this rate but not pass it (at the same worker count).
+(:func:`service.http.uploads.read_uploads`: body limits and timeout, multipart parsing) and
+decoding (:func:`service.serving.decode_step.decode_all`: sniffing, Pillow decode, resize to the
+model's input), then a constant top-5 per image rendered the same way. It imports lower layers
+of the service only, never a route module. What it leaves out is exactly what batching can
+change: the queue, the model thread and the model call (and the disconnect watch around them).
+So the service can approach this rate but not pass it (at the same worker count).
 
 ``python -m bench.ceiling_app``; settings from ``IMGCLS_*`` like the service (port, workers,
 decode threads, limits) and ``BENCH_TARGET_SIZE=H,W`` (the model input to resize to).
@@ -27,13 +27,13 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.decode_step import decode_all
-from service.errors import ClientError
-from service.inference import top_k
+from service.http.errors import ClientError
+from service.http.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
+from service.http.uploads import UploadLimits, read_uploads
 from service.metrics import ServiceMetrics
-from service.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
+from service.serving.decode_step import decode_all
+from service.serving.inference import top_k
 from service.settings import Settings
-from service.uploads import UploadLimits, read_uploads
 
 TARGET_SIZE_ENV = "BENCH_TARGET_SIZE"
 CLASS_NAMES = [str(i) for i in range(10)]
@@ -116,7 +116,7 @@ def main() -> int:
     HTTP protocol, no access log, uvloop and httptools."""
     import uvicorn
 
-    from service.server import ServiceConfig, uvicorn_options
+    from service.http.server import ServiceConfig, uvicorn_options
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper())

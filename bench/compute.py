@@ -4,8 +4,8 @@
 object. Two paths are timed at each batch size:
 
 * ``serve``: ``module.serve(tensor)`` on a tensor built once, the model's own cost;
-* ``predict``: the service's :meth:`service.model_store.LoadedModel.predict` from a NumPy batch
-  (conversion in and out included), what the batcher's thread pays per call.
+* ``predict``: the service's :meth:`service.serving.model_store.LoadedModel.predict` from a
+  NumPy batch (conversion in and out included), what the batcher's thread pays per call.
 
 The ceiling is the best images/s of ``serve`` over the batch sizes. Runs in its own process so
 TensorFlow's thread pools start fresh with their defaults (both cores), as in the service.
@@ -40,8 +40,8 @@ def measure(version_dir: Path, batch_sizes: list[int], seconds: float) -> dict[s
     import numpy as np
     import tensorflow as tf
 
-    from service.model_store import load_saved_model
-    from training.metadata import verify_version_dir
+    from contract.metadata import verify_version_dir
+    from service.serving.model_store import load_saved_model
 
     metadata = verify_version_dir(version_dir, repository_root=version_dir.parent.parent)
     model = load_saved_model(version_dir, metadata)

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bench.servers import start_service
-    from training.metadata import read_metadata
+    from contract.metadata import read_metadata
 
     if args.train or _newest_version(args.models_dir) is None:
         done = subprocess.run(

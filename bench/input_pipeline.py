@@ -190,8 +190,8 @@ def pipeline_rate(folder: Path, *, size: tuple[int, int], batch_size: int) -> di
     """images/s of read + decode + resize + batch over every file of ``folder`` (second pass)."""
     import tensorflow as tf  # noqa: F401  (imported before timing)
 
+    from contract.decoding.files import IMAGE_SUFFIXES
     from training.data import DecodeFailures, FileSplit, make_file_dataset
-    from training.decoding import IMAGE_SUFFIXES
 
     files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     split = FileSplit(tuple(files), np.zeros(len(files), dtype=np.int32))

@@ -94,9 +94,9 @@ def publish_heavy(models_dir: Path, arch: str, side: int, num_classes: int = 10)
     """Build ``arch`` at ``side`` x ``side`` x 3 with random weights and publish it."""
     import keras
 
+    from contract.metadata import InputSpec
     from training.architectures import build
     from training.export import export_saved_model, publish
-    from training.metadata import InputSpec
 
     keras.utils.set_random_seed(0)
     model = build(arch, (side, side, 3), num_classes)

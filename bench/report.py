@@ -1,13 +1,17 @@
 """Turn a run's results (the JSON ``python -m bench`` writes) into tables, goals and a plot.
 
-Every figure is put beside a reference from the same run: service / HTTP ceiling, service /
-unbatched, service / compute ceiling, p99 / p50.
+Every figure is put beside a reference from the same run (the set is :mod:`bench.references`):
+service / HTTP ceiling, service / unbatched, service / compute ceiling, p99 / p50. Also the
+per-request CPU budget's table (:func:`budget_table`), for ``python -m bench`` and
+``python -m bench.budget`` alike.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from bench import references
 
 DIGITS = "digits"
 PHOTOS = "photos"
@@ -45,111 +49,128 @@ def cpu_ms_per_request(level: Level | None) -> float | None:
 
 
 #: The references of the main tables, in column order: run name -> column title.
-REFERENCES = {
-    "bare_ceiling": "bare ceiling",
-    "bare_unbatched": "bare unbatched",
-    "ceiling": "own-stack ceiling",
-    "unbatched": "service unbatched",
-}
+REFERENCES = {server.name: server.title for server in references.REFERENCES}
 
 
-def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's goals, each with its measured value, target and verdict."""
-    rows: list[dict[str, Any]] = []
-    models = results.get("models", {})
+Goal = dict[str, Any]
+
+
+def _goal(name: str, value: float | None, target: float, at_least: bool) -> Goal:
+    met = None if value is None else (value >= target if at_least else value <= target)
+    return {
+        "goal": name,
+        "value": None if value is None else round(value, 3),
+        "target": f"{'>=' if at_least else '<='} {target:g}",
+        "met": met,
+    }
+
+
+def _rate(runs: dict[str, list[Level]], run: str, c: int) -> float | None:
+    """Images/s of ``run`` at concurrency ``c``, one image per request."""
+    return _get(find(runs.get(run, []), c), "images_per_s")
+
+
+def _versus(runs: dict[str, list[Level]], reference: str, c: int) -> float | None:
+    """Service ÷ ``reference`` in images/s at concurrency ``c``."""
+    return ratio(_rate(runs, "service", c), _rate(runs, reference, c))
+
+
+def _throughput_goals(models: dict[str, Any]) -> list[Goal]:
     digits = models.get(DIGITS, {}).get("runs", {})
-
-    def add(name: str, value: float | None, target: float, at_least: bool) -> None:
-        met = None if value is None else (value >= target if at_least else value <= target)
-        rows.append(
-            {
-                "goal": name,
-                "value": None if value is None else round(value, 3),
-                "target": f"{'>=' if at_least else '<='} {target:g}",
-                "met": met,
-            }
-        )
-
-    def rps(run: str, c: int, images: int = 1, model: dict[str, Any] = digits) -> float | None:
-        return _get(find(model.get(run, []), c, images), "images_per_s")
-
+    rows = []
     for c in (32, 64):
-        add(
-            f"digits c={c}: service / bare ceiling",
-            ratio(rps("service", c), rps("bare_ceiling", c)),
-            0.80,
-            True,
-        )
-        add(
-            f"digits c={c}: service / bare unbatched",
-            ratio(rps("service", c), rps("bare_unbatched", c)),
-            3.0,
-            True,
-        )
+        rows += [
+            _goal(
+                f"digits c={c}: service / bare ceiling",
+                _versus(digits, "bare_ceiling", c),
+                0.80,
+                True,
+            ),
+            _goal(
+                f"digits c={c}: service / bare unbatched",
+                _versus(digits, "bare_unbatched", c),
+                3.0,
+                True,
+            ),
+        ]
     photo_runs = models.get(PHOTOS, {}).get("runs", {})
     if photo_runs:
-        add(
-            "photos c=32: service / bare ceiling",
-            ratio(rps("service", 32, model=photo_runs), rps("bare_ceiling", 32, model=photo_runs)),
-            3.0,
-            True,
+        rows.append(
+            _goal(
+                "photos c=32: service / bare ceiling",
+                _versus(photo_runs, "bare_ceiling", 32),
+                3.0,
+                True,
+            )
         )
-    add(
-        "digits c=32: service / own-stack ceiling",
-        ratio(rps("service", 32), rps("ceiling", 32)),
-        0.80,
-        True,
-    )
-    add(
-        "digits c=32: service / service unbatched",
-        ratio(rps("service", 32), rps("unbatched", 32)),
-        3.0,
-        True,
-    )
+    rows += [
+        _goal(
+            "digits c=32: service / own-stack ceiling", _versus(digits, "ceiling", 32), 0.80, True
+        ),
+        _goal(
+            "digits c=32: service / service unbatched", _versus(digits, "unbatched", 32), 3.0, True
+        ),
+    ]
     for name, model in models.items():
         if name in (DIGITS, PHOTOS):
             continue
         compute = model.get("compute", {}).get("images_per_s")
-        add(
-            f"{name} c=32: service / compute ceiling",
-            ratio(rps("service", 32, model=model["runs"]), compute),
-            0.85,
-            True,
+        rows.append(
+            _goal(
+                f"{name} c=32: service / compute ceiling",
+                ratio(_rate(model["runs"], "service", 32), compute),
+                0.85,
+                True,
+            )
         )
-    for name, model in models.items():
-        runs = model.get("runs", {})
-        add(
+    return rows
+
+
+def _latency_goals(name: str, runs: dict[str, list[Level]]) -> list[Goal]:
+    def p50(run: str) -> float | None:
+        return _get(find(runs.get(run, []), 1), "p50_ms")
+
+    rows = [
+        _goal(
             f"{name} c=1: p50 service / p50 unbatched",
-            ratio(
-                _get(find(runs.get("service", []), 1), "p50_ms"),
-                _get(find(runs.get("unbatched", []), 1), "p50_ms"),
-            ),
+            ratio(p50("service"), p50("unbatched")),
             1.2,
             False,
         )
-        if "bare_unbatched" in runs:
-            add(
+    ]
+    if "bare_unbatched" in runs:
+        rows.append(
+            _goal(
                 f"{name} c=1: p50 service / p50 bare unbatched",
-                ratio(
-                    _get(find(runs.get("service", []), 1), "p50_ms"),
-                    _get(find(runs["bare_unbatched"], 1), "p50_ms"),
-                ),
+                ratio(p50("service"), p50("bare_unbatched")),
                 1.2,
                 False,
             )
-        level = find(runs.get("service", []), 64)
-        add(
+        )
+    level = find(runs.get("service", []), 64)
+    rows.append(
+        _goal(
             f"{name} c=64: service p99 / p50",
             ratio(_get(level, "p99_ms"), _get(level, "p50_ms")),
             4.0,
             False,
         )
+    )
+    return rows
+
+
+def goals(results: dict[str, Any]) -> list[Goal]:
+    """The issue's goals, each with its measured value, target and verdict."""
+    models = results.get("models", {})
+    rows = _throughput_goals(models)
+    for name, model in models.items():
+        rows += _latency_goals(name, model.get("runs", {}))
     errors = sum(
         sum(level.get("errors", {}).values())
         for model in models.values()
         for level in model.get("runs", {}).get("service", [])
     )
-    add("service: error answers under load, every model and level", errors, 0, False)
+    rows.append(_goal("service: error answers under load, every model and level", errors, 0, False))
     return rows
 
 
@@ -160,10 +181,10 @@ def level_table(model: dict[str, Any]) -> str:
     service = runs.get("service", [])
     compute = model.get("compute", {}).get("images_per_s")
     decode = model.get("decode", {}).get("decode_per_s_one_core")
-    references = [name for name in REFERENCES if name in runs]
+    present = [name for name in REFERENCES if name in runs]
     header = (
         ["conc.", "img/req", "service req/s", "p50 ms", "p99 ms", "mean batch", "CPU ms/req"]
-        + [f"{REFERENCES[name]} req/s (svc ÷)" for name in references]
+        + [f"{REFERENCES[name]} req/s (svc ÷)" for name in present]
         + ["bare ceiling CPU ms/req"] * ("bare_ceiling" in runs)
         + ["svc / compute"]
         + ["svc / JPEG decode per core"] * (decode is not None)
@@ -181,7 +202,7 @@ def level_table(model: dict[str, Any]) -> str:
             _fmt(level.get("mean_batch_size"), 1),
             _fmt(cpu_ms_per_request(level)),
         ]
-        for name in references:
+        for name in present:
             other = find(runs[name], c, n)
             if other is None:
                 cells.append("–")
@@ -230,7 +251,31 @@ def knob_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
+def budget_table(budget: dict[str, Any]) -> str:
+    """The budget as a Markdown table (µs of CPU per request and share of the total)."""
+    total = budget["server_cpu_us_per_request"] or 1
+    lines = [
+        f"c={budget['concurrency']}, {budget['duration_s']:.0f} s: {budget['rps']:.0f} req/s, "
+        f"p50 {budget['p50_ms']:.1f} ms, p99 {budget['p99_ms']:.1f} ms, mean batch "
+        f"{budget['mean_batch']}, server CPU {budget['server_cpu_us_per_request']:.0f} µs/req "
+        f"(event loop {budget['loop_cpu_us_per_request']:.0f} µs/req, busy "
+        f"{budget['loop_busy_fraction']:.0%} of the time); {budget['py_spy_samples_on_loop']} "
+        "py-spy samples on the loop.",
+        "",
+        "| where | part | µs CPU / request | share |",
+        "|---|---|---:|---:|",
+    ]
+    for row in budget["rows"]:
+        lines.append(
+            f"| {row['where']} | {row['row']} | {row['us_per_request']:.0f} | "
+            f"{row['us_per_request'] / total:.0%} |"
+        )
+    lines.append(f"| | **total** | **{budget['server_cpu_us_per_request']:.0f}** | 100% |")
+    return "\n".join(lines)
+
+
+def _run_header(results: dict[str, Any]) -> list[str]:
+    """The command, the machine, the load generator and its probe."""
     machine = results["machine"]
     parts = [
         f"Command: `{results['command']}`{' (quick)' if results.get('quick') else ''}; "
@@ -255,42 +300,45 @@ def summary_markdown(results: dict[str, Any]) -> str:
             "of a core.",
             "",
         ]
-    for name, model in results.get("models", {}).items():
-        compute = model.get("compute", {})
+    return parts
+
+
+def _model_section(name: str, model: dict[str, Any]) -> list[str]:
+    """One model: its compute ceiling, the photo workload where there is one, its levels."""
+    compute = model.get("compute", {})
+    parts = [
+        f"### {name}: {compute.get('arch', '?')} {compute.get('input', '')}, "
+        f"{compute.get('parameters', 0):,} parameters",
+        "",
+        f"Compute ceiling: {compute.get('images_per_s', 0):.0f} img/s at batch "
+        f"{compute.get('best_batch_size')} ({compute.get('ms_per_image_at_best')} ms/img); "
+        "per batch size (serve / service's predict, img/s): "
+        + ", ".join(
+            f"{row['batch_size']}: {row['serve_images_per_s']:.0f} / "
+            f"{row['predict_images_per_s']:.0f}"
+            for row in compute.get("rows", [])
+        )
+        + ".",
+        "",
+    ]
+    decode = model.get("decode")
+    if decode:
+        workload = model.get("workload", {})
+        sizes = workload.get("jpeg_bytes") or [decode["mean_jpeg_bytes"]]
         parts += [
-            f"### {name}: {compute.get('arch', '?')} {compute.get('input', '')}, "
-            f"{compute.get('parameters', 0):,} parameters",
-            "",
-            f"Compute ceiling: {compute.get('images_per_s', 0):.0f} img/s at batch "
-            f"{compute.get('best_batch_size')} ({compute.get('ms_per_image_at_best')} ms/img); "
-            "per batch size (serve / service's predict, img/s): "
-            + ", ".join(
-                f"{row['batch_size']}: {row['serve_images_per_s']:.0f} / "
-                f"{row['predict_images_per_s']:.0f}"
-                for row in compute.get("rows", [])
-            )
-            + ".",
+            f"Workload: {decode['photos']} distinct 640x480 JPEG photos "
+            f"({min(sizes) / 1000:.0f}-{max(sizes) / 1000:.0f} KB, "
+            f"{workload.get('source', 'real photographs')}), one per request, cycled. "
+            f"This machine's JPEG decode rate on one core (Pillow, full size, one thread, "
+            f"the same photos): {decode['decode_per_s_one_core']:.0f}/s "
+            f"({decode['decode_ms']} ms each); with the resize to the model input: "
+            f"{decode['decode_resize_per_s_one_core']:.0f}/s.",
             "",
         ]
-        decode = model.get("decode")
-        if decode:
-            workload = model.get("workload", {})
-            sizes = workload.get("jpeg_bytes") or [decode["mean_jpeg_bytes"]]
-            parts += [
-                f"Workload: {decode['photos']} distinct 640x480 JPEG photos "
-                f"({min(sizes) / 1000:.0f}-{max(sizes) / 1000:.0f} KB, "
-                f"{workload.get('source', 'real photographs')}), one per request, cycled. "
-                f"This machine's JPEG decode rate on one core (Pillow, full size, one thread, "
-                f"the same photos): {decode['decode_per_s_one_core']:.0f}/s "
-                f"({decode['decode_ms']} ms each); with the resize to the model input: "
-                f"{decode['decode_resize_per_s_one_core']:.0f}/s.",
-                "",
-            ]
-        parts += [
-            level_table(model),
-            "",
-        ]
-    plan = results.get("plan", {})
+    return [*parts, level_table(model), ""]
+
+
+def _columns_note(plan: dict[str, Any]) -> str:
     repeated = " and ".join(f"c={c}" for c in plan.get("repeated_concurrencies", []))
     repeats = (
         f" Points at {repeated or 'every level'} measured {plan['repeats']} times, interleaved; "
@@ -298,7 +346,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         if plan.get("repeats", 1) > 1
         else ""
     )
-    parts += [
+    return (
         "Columns: req/s and latency percentiles from wrk; mean batch from the service's "
         "`imgcls_batch_size`; CPU ms/req = the server's CPU time (all processes and threads) "
         "per answered request; each reference as req/s with, in brackets, service ÷ reference "
@@ -307,18 +355,22 @@ def summary_markdown(results: dict[str, Any]) -> str:
         "Pillow decode + resize, constant answer (`bench/bare_app.py`); bare unbatched = the "
         "same + one SavedModel call per request in the thread pool; own-stack ceiling = the "
         "service's server stack and upload path without a model (`bench/ceiling_app.py`); "
-        "service unbatched = `IMGCLS_MAX_BATCH_SIZE=1`." + repeats,
-        "",
-    ]
+        "service unbatched = `IMGCLS_MAX_BATCH_SIZE=1`." + repeats
+    )
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    parts = _run_header(results)
+    for name, model in results.get("models", {}).items():
+        parts += _model_section(name, model)
+    parts += [_columns_note(results.get("plan", {})), ""]
     cpu_budget = results.get("budget")
     if cpu_budget:
         parts += ["### Per-request CPU budget (digits, `python -m service`, py-spy)", ""]
         if "skipped" in cpu_budget:
             parts += [f"Skipped: {cpu_budget['skipped']}.", ""]
         else:
-            from bench.budget import table
-
-            parts += [table(cpu_budget), ""]
+            parts += [budget_table(cpu_budget), ""]
     parts += ["### Goals", "", "| goal | measured | target | met |", "|---|---|---|---|"]
     for row in goals(results):
         verdict = {True: "yes", False: "**no**", None: "–"}[row["met"]]
@@ -356,13 +408,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         "bare_ceiling": "C4",
         "bare_unbatched": "C3",
     }
-    names = {
-        "service": "service (batched)",
-        "unbatched": "service unbatched (max_batch_size=1)",
-        "ceiling": "own-stack ceiling (no model)",
-        "bare_ceiling": "bare FastAPI ceiling (no model)",
-        "bare_unbatched": "bare FastAPI + one model call per request",
-    }
+    names = {server.name: server.label for server in references.SERVERS}
     for row, (name, model) in enumerate(models.items()):
         rate_axis, p99_axis = axes[row]
         for run, levels in model.get("runs", {}).items():

@@ -1,11 +1,11 @@
 """``python -m service``: run the API with uvicorn.
 
 Flags override ``IMGCLS_*`` environment variables, which override the defaults (see README).
-Every process serving requests runs :class:`service.server.DrainingServer` (SIGTERM makes it
+Every process serving requests runs :class:`service.http.server.DrainingServer` (SIGTERM makes it
 unready first, then drains) and guards its connections against slow and oversized requests
-(:class:`service.server.GuardedHttpToolsProtocol`). With several workers (``auto``, the
-default, is one per usable CPU) :mod:`service.supervisor` runs them on one port, and the metrics
-of every worker are aggregated. ``METRICS_PORT`` serves /metrics apart.
+(:class:`service.http.guard.GuardedHttpToolsProtocol`). With several workers (``auto``, the
+default, is one per usable CPU) :mod:`service.process.supervisor` runs them on one port, and
+the metrics of every worker are aggregated. ``METRICS_PORT`` serves /metrics apart.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.runner import LOG_FORMAT, quiet_tensorflow
+from contract.tf_log import quiet_tensorflow
+from service.process.runner import LOG_FORMAT
 from service.settings import Settings, env_name
 
 FLAG_TO_ENV = {
@@ -89,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {line}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    quiet_tensorflow(settings.log_level)
-    from service.runner import run_workers, serve
+    quiet_tensorflow(show_log=settings.log_level.lower() == "debug")
+    from service.process.runner import run_workers, serve
 
     if settings.worker_count > 1:
         return run_workers(settings)

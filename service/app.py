@@ -7,9 +7,10 @@ loads the first version, in a thread, while ``/healthz`` already answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,16 +19,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.cors import JSONCORSMiddleware
-from service.errors import ClientError
+from service.http.cors import JSONCORSMiddleware
+from service.http.errors import ClientError, client_error
+from service.http.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
 from service.metrics import ServiceMetrics
-from service.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
 from service.protocols import error_body
-from service.repository import ModelRepository
 from service.routes import explain, health, metrics, models, page, predict, report, tfserving, v2
+from service.serving.batching import ShuttingDownError
+from service.serving.errors import ServingError
+from service.serving.repository import ModelRepository
 from service.settings import Settings
 from service.state import ServiceState
-from service.worker_report import report_when_ready
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,9 @@ class BatcherMetrics:
         self._metrics.batch_started(self._model, size, queue_waits_s)
 
     def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
-        self._metrics.batch_finished(self._model, size, duration_s, error)
+        # A batch abandoned at shutdown is not a model failure.
+        failed = error is not None and not isinstance(error, ShuttingDownError)
+        self._metrics.batch_finished(self._model, size, duration_s, failed)
 
     def rejected(self, reason: str) -> None:
         self._metrics.rejected_request(reason)  # the batcher calls it once per refused request
@@ -67,71 +71,25 @@ def configure_tensorflow_threads(settings: Settings) -> None:
         logger.warning("TensorFlow was already initialised; thread settings not applied")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app. ``settings`` default to the environment (``IMGCLS_*``)."""
+#: A task the lifespan runs beside the service once its state exists (cancelled at shutdown).
+BackgroundTask = Callable[[ServiceState], Coroutine[Any, Any, None]]
+
+
+def create_app(
+    settings: Settings | None = None, *, background: Sequence[BackgroundTask] = ()
+) -> FastAPI:
+    """Build the app. ``settings`` default to the environment (``IMGCLS_*``); ``background``
+    tasks start once the repository does (the process layer's hooks, e.g. the cost report)."""
     settings = settings if settings is not None else Settings()
     service_metrics = ServiceMetrics(settings.max_batch_size)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_tensorflow_threads(settings)
-        # The model thread needs the GIL back after each call; see BENCHMARKS.md.
-        sys.setswitchinterval(settings.gil_switch_interval_s)
-        repository = ModelRepository(
-            settings,
-            observer_for=lambda name: BatcherMetrics(service_metrics, name),
-            on_change=service_metrics.set_served_models,
-            on_reload=lambda result: service_metrics.model_reloads.labels(result=result).inc(),
-        )
-        decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        state = ServiceState(settings, service_metrics, repository, decode_pool)
-        app.state.service = state
-        await repository.start()
-        logger.info(
-            "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
-        )
-        # The supervisor's probe worker reports what its default model costs (others: no-op).
-        report = asyncio.create_task(report_when_ready(state), name="worker-report")
-        try:
-            yield
-        finally:
-            report.cancel()
-            state.shutting_down = True
-            service_metrics.model_ready.set(0)
-            await repository.stop(timeout_s=settings.shutdown_grace_s)
-            decode_pool.shutdown(wait=False, cancel_futures=True)
-            logger.info("stopped")
-
     app = FastAPI(
         title="imgcls",
         summary="Keras image classification: dynamic batching, hot reload, Prometheus metrics",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, service_metrics, background),
     )
     app.state.metrics = service_metrics
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Every refusal (ours, and Starlette's own 404/405) in the shape the route's protocol
-        # promises, so a TF Serving or Triton client can read it too.
-        if isinstance(exc, ClientError) and exc.reason is not None:
-            service_metrics.rejected_request(exc.reason)  # one per request
-        return JSONResponse(
-            error_body(request.url.path, str(exc.detail)),
-            status_code=exc.status_code,
-            headers=exc.headers,
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(
-            error_body(
-                request.url.path, f"internal error ({type(exc).__name__}); see the service log"
-            ),
-            status_code=500,
-        )
-
+    _add_error_handlers(app, settings, service_metrics)
     for router in (
         predict.router,
         tfserving.router,
@@ -154,3 +112,72 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CloseConnectionsWhileDraining)
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     return app
+
+
+def _lifespan(
+    settings: Settings, service_metrics: ServiceMetrics, background: Sequence[BackgroundTask]
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    """The lifespan: load the repository (and start its batchers), run, then drain."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_tensorflow_threads(settings)
+        # The model thread needs the GIL back after each call; see BENCHMARKS.md.
+        sys.setswitchinterval(settings.gil_switch_interval_s)
+        repository = ModelRepository(
+            settings,
+            observer_for=lambda name: BatcherMetrics(service_metrics, name),
+            on_change=service_metrics.set_served_models,
+            on_reload=lambda result: service_metrics.model_reloads.labels(result=result).inc(),
+        )
+        decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        state = ServiceState(settings, service_metrics, repository, decode_pool)
+        app.state.service = state
+        await repository.start()
+        logger.info(
+            "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
+        )
+        tasks = [asyncio.create_task(task(state), name=task.__name__) for task in background]
+        try:
+            yield
+        finally:
+            for running in tasks:
+                running.cancel()
+            state.shutting_down = True
+            service_metrics.model_ready.set(0)
+            await repository.stop(timeout_s=settings.shutdown_grace_s)
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+            logger.info("stopped")
+
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI, settings: Settings, service_metrics: ServiceMetrics) -> None:
+    """Every refusal answered once, here: domain errors through the edge table
+    (:data:`service.http.errors.ANSWERS`), HTTP errors as they are, anything else as a 500."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Every refusal (ours, and Starlette's own 404/405) in the shape the route's protocol
+        # promises, so a TF Serving or Triton client can read it too.
+        if isinstance(exc, ClientError) and exc.reason is not None:
+            service_metrics.rejected_request(exc.reason)  # one per request
+        return JSONResponse(
+            error_body(request.url.path, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(ServingError)
+    async def refused(request: Request, exc: ServingError) -> JSONResponse:
+        return await http_error(request, client_error(exc, retry_after_s=settings.retry_after_s))
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(
+            error_body(
+                request.url.path, f"internal error ({type(exc).__name__}); see the service log"
+            ),
+            status_code=500,
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from service.state import ServiceState
 
@@ -15,3 +17,13 @@ async def get_state(request: Request) -> ServiceState:
     """
     state: ServiceState = request.app.state.service
     return state
+
+
+def state_of(request: Request) -> ServiceState:
+    """The same state, for routes that read the request themselves (no dependency solving)."""
+    state: ServiceState = request.app.state.service
+    return state
+
+
+#: The route parameter that receives the per-app state: ``state: State``.
+State = Annotated[ServiceState, Depends(get_state)]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from service.supervisor import MAX_AUTO_WORKERS, auto_workers, usable_cpus
 
 #: Every setting ``x_y`` is read from the environment variable ``IMGCLS_X_Y``.
 ENV_PREFIX = "IMGCLS_"
@@ -21,6 +20,24 @@ MAX_WORKERS = 64
 def env_name(field: str) -> str:
     """The environment variable of a setting: ``max_queue_size`` -> ``IMGCLS_MAX_QUEUE_SIZE``."""
     return ENV_PREFIX + field.upper()
+
+
+#: Most workers ``auto`` starts: each loads every model, and batches get smaller as traffic
+#: is split between more of them.
+MAX_AUTO_WORKERS = 4
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def auto_workers(cpus: int) -> int:
+    """``--workers auto``: one per usable CPU, at most :data:`MAX_AUTO_WORKERS`."""
+    return max(1, min(cpus, MAX_AUTO_WORKERS))
 
 
 class Settings(BaseSettings):
@@ -50,7 +67,7 @@ class Settings(BaseSettings):
     @property
     def worker_count(self) -> int:
         """Worker processes to start: ``auto`` is one per usable CPU (at most
-        ``MAX_AUTO_WORKERS``); the supervisor may keep only one (see service.supervisor)."""
+        ``MAX_AUTO_WORKERS``); the supervisor may keep only one (see service.process.supervisor)."""
         return auto_workers(usable_cpus()) if self.workers == "auto" else int(self.workers)
 
     models_dir: Path = Path("models")

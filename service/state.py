@@ -5,10 +5,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from service.http.uploads import UploadLimits
 from service.metrics import ServiceMetrics
-from service.repository import ModelRepository
+from service.serving.repository import ModelRepository
 from service.settings import Settings
-from service.uploads import UploadLimits
 
 
 @dataclass

@@ -14,12 +14,14 @@ Every model is ONE flat Functional model with the serving contract built in:
 
 Each architecture is declared once as a tuple of layer specs; the same specs build the Keras
 layers and feed :mod:`training.conv_math`, which checks that the input is large enough before
-anything is built and computes :func:`min_input_size`.
+anything is built and computes :func:`min_input_size`. :func:`describe_model` reads a built
+model back through the same arithmetic (``train.py --describe``). Imports go one way only:
+this module uses conv_math, never the reverse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -36,6 +38,7 @@ __all__ = [
     "RGBToGrayscale",
     "UnknownArchitectureError",
     "build",
+    "describe_model",
     "min_input_size",
 ]
 
@@ -404,3 +407,152 @@ def build(
         num_classes, activation="softmax", dtype="float32", name="predictions"
     )(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+# ---------------------------------------------------------------------------------------
+# Layer table (--describe): a built model read back through the conv arithmetic
+# ---------------------------------------------------------------------------------------
+# This lives here, not in conv_math, because it must know this module's own layers
+# (RGBToGrayscale); conv_math stays pure arithmetic and imports nothing from the package.
+
+
+def _keras_shape(shape: Sequence[int | None]) -> conv_math.Shape:
+    return tuple(None if d is None else int(d) for d in shape[1:])
+
+
+def _output_shape(layer: Any) -> conv_math.Shape:
+    output = layer.output
+    # Multi-output layers have no single shape; an empty tuple never matches a formula.
+    return _keras_shape(output.shape) if hasattr(output, "shape") else ()
+
+
+def _unknown_row(layer: Any, in_shape: conv_math.Shape | None) -> conv_math.LayerRow:
+    keras_shape = _output_shape(layer)
+    params = int(layer.count_params())
+    if params == 0:
+        # Dropout, activations, casts...: no weights, and they keep the shape they are given.
+        return conv_math.LayerRow(
+            layer.name,
+            type(layer).__name__,
+            "shape kept",
+            "",
+            in_shape,
+            keras_shape,
+            0,
+            params,
+            in_shape,
+        )
+    return conv_math.LayerRow(
+        layer.name, type(layer).__name__, "n/a", "n/a", None, keras_shape, None, params, in_shape
+    )
+
+
+def _weighted_formula(layer: Any, dims: tuple[int, ...]) -> conv_math.Formula | None:
+    """The formula of a conv, pooling, flatten or dense layer on a fully known input shape;
+    None for any other kind (or a variant the formulas do not cover)."""
+    if (
+        type(layer) is keras.layers.Conv2D  # exactly: a subclass may carry other weights
+        and len(dims) == 3
+        and layer.data_format == "channels_last"
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.groups == 1
+    ):
+        kernel = (int(layer.kernel_size[0]), int(layer.kernel_size[1]))
+        strides = (int(layer.strides[0]), int(layer.strides[1]))
+        return conv_math.conv2d_formula(
+            dims, kernel, strides, layer.padding, int(layer.filters), bool(layer.use_bias)
+        )
+    if (
+        isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))
+        and len(dims) == 3
+        and layer.data_format == "channels_last"
+    ):
+        kernel = (int(layer.pool_size[0]), int(layer.pool_size[1]))
+        strides = (int(layer.strides[0]), int(layer.strides[1]))
+        return conv_math.pool2d_formula(dims, kernel, strides, layer.padding)
+    if isinstance(layer, keras.layers.Flatten):
+        return conv_math.flatten_formula(dims)
+    if (
+        type(layer) is keras.layers.Dense
+        # LoRA and quantization add weights the formula does not count.
+        and getattr(layer, "lora_rank", None) is None
+        and getattr(layer, "quantization_mode", None) is None
+    ):
+        return conv_math.dense_formula(dims, int(layer.units), bool(layer.use_bias))
+    return None
+
+
+def _formula(layer: Any, in_shape: conv_math.Shape) -> conv_math.Formula | None:
+    """The formula of ``layer`` on ``in_shape`` (batch axis dropped), or None without one."""
+    if isinstance(layer, RGBToGrayscale):
+        return conv_math.Formula((*in_shape[:-1], 1), "channels 3 -> 1")
+    if isinstance(layer, keras.layers.Resizing) and layer.data_format == "channels_last":
+        shape = (int(layer.height), int(layer.width), in_shape[-1])
+        return conv_math.Formula(shape, f"resize to {layer.height}x{layer.width}")
+    if isinstance(layer, keras.layers.Rescaling):
+        text = f"x*{float(layer.scale):.6g}+{float(layer.offset):g}, shape kept"
+        return conv_math.Formula(in_shape, text)
+    dims = conv_math.known_dims(in_shape)
+    if not dims:  # an axis of unknown size, or no axis at all
+        return None
+    return _weighted_formula(layer, dims)
+
+
+def _describe_layer(layer: Any, in_shape: conv_math.Shape | None) -> conv_math.LayerRow:
+    """One row of the table: the formulas beside Keras's own output shape and count."""
+    formula: conv_math.Formula | None
+    if isinstance(layer, keras.layers.InputLayer):
+        shape = _keras_shape(layer.batch_shape)
+        formula = conv_math.Formula(shape, "input " + conv_math.fmt_shape(shape))
+    elif in_shape is None:
+        formula = None
+    else:
+        formula = _formula(layer, in_shape)
+    if formula is None:
+        return _unknown_row(layer, in_shape)
+    return conv_math.LayerRow(
+        layer.name,
+        type(layer).__name__,
+        formula.shape_text,
+        formula.params_text,
+        formula.shape,
+        _output_shape(layer),
+        formula.params,
+        int(layer.count_params()),
+        in_shape,
+        kernel_size=formula.kernel_size,
+    )
+
+
+def describe_model(model: keras.Model) -> list[conv_math.LayerRow]:
+    """Walk a built model's layers and compute every output shape and count from the formulas.
+
+    The formulas start from the model's declared input and the ``Resizing`` size, and each
+    layer's formula output feeds the next layer's formula (following the actual graph), so a
+    wrong formula shows up as a disagreement, not as a copy of Keras's number. A layer kind
+    without a formula is reported with ``"n/a"``, and the walk continues from Keras's shape.
+    :func:`training.conv_math.format_table` renders the rows.
+
+    Raises:
+        conv_math.OutputTooSmallError: when a window does not fit (the model could not have
+            been built either, so this only happens for inconsistent inputs).
+    """
+    rows: list[conv_math.LayerRow] = []
+    # KerasTensor identity -> shape computed by the formulas (batch axis dropped).
+    formula_shapes: dict[int, conv_math.Shape] = {}
+    for layer in model.layers:
+        in_shape: conv_math.Shape | None = None
+        if not isinstance(layer, keras.layers.InputLayer):
+            # A layer with several inputs (Add, Concatenate...) gets no formula: in_shape None.
+            inputs = layer.input
+            if hasattr(inputs, "shape"):
+                in_shape = formula_shapes.get(id(inputs))
+                if in_shape is None:
+                    in_shape = _keras_shape(inputs.shape)
+        r = _describe_layer(layer, in_shape)
+        rows.append(r)
+        if hasattr(layer.output, "shape"):
+            formula_shapes[id(layer.output)] = (
+                r.shape_from_keras if r.shape_from_formula is None else r.shape_from_formula
+            )
+    return rows

@@ -1,4 +1,11 @@
-"""Training augmentation that looks like the digits people actually send.
+"""Training augmentation: the two augmenters, each written once.
+
+* :func:`geometric` (``--augment``): random rotation, shift and zoom, any data.
+* :func:`handwriting` (``--handwriting-augment``): variants that look like the digits people
+  actually send.
+
+Both work on float32 batches; :mod:`training.data`, which owns every tf.data pipeline, applies
+them to the training split only. Neither imports TensorFlow or Keras until it is called.
 
 The bundled digits are light ink on black, centred and filling the frame. Users photograph or
 scan dark ink on paper, write small or large anywhere on the sheet, with thin or thick pens,
@@ -17,7 +24,35 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["HandwritingAugment", "handwriting"]
+__all__ = ["HandwritingAugment", "geometric", "handwriting"]
+
+
+#: ``--augment`` ranges: rotation up to this fraction of a full turn either way (0.05: 18
+#: degrees), shift up to this fraction of the height and width, zoom in or out by up to this
+#: fraction of the size. Pixels moved in from outside the frame are black (0).
+GEOMETRIC_ROTATION = 0.05
+GEOMETRIC_SHIFT = 0.1
+GEOMETRIC_ZOOM = 0.1
+
+
+def geometric(seed: int) -> Any:
+    """The ``--augment`` augmenter: a ``keras.Sequential`` of random rotation, shift and zoom.
+
+    Call it as ``augmenter(images, training=True)`` on float32 ``(N, H, W, C)`` batches (any
+    value range, any ``C``); each image gets its own draw, reproducible from ``seed``.
+    """
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(GEOMETRIC_ROTATION, fill_mode="constant", seed=seed),
+            keras.layers.RandomTranslation(
+                GEOMETRIC_SHIFT, GEOMETRIC_SHIFT, fill_mode="constant", seed=seed
+            ),
+            keras.layers.RandomZoom(GEOMETRIC_ZOOM, fill_mode="constant", seed=seed),
+        ],
+        name="augment",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,13 @@ Keras ``padding="same"`` does not pick ``p`` first: it fixes the output at ``cei
 and pads as much as that needs, ``max((out - 1)*s + f - n, 0)`` in total, putting the odd
 pixel (if any) at the bottom/right. Writing that total as ``p = total / 2`` (possibly a
 half) makes the lecture formula give the same output size; :func:`same_output_size`
-checks it every time it is called, and :func:`describe_model` prints it that way.
+checks it every time it is called, and the layer table (:func:`format_table`) prints it that
+way.
 
-This module imports neither TensorFlow nor Keras at import time, so the arithmetic is cheap
-to use anywhere; :func:`describe_model` imports Keras when it is called.
+This module is arithmetic only: it imports neither TensorFlow nor Keras, nor any other module
+of this package, so it is cheap to use anywhere and sits below everything that uses it. The
+``*_formula`` functions take plain numbers; reading them off a built Keras model is
+:func:`training.architectures.describe_model`'s job (it knows this package's own layers).
 """
 
 from __future__ import annotations
@@ -24,27 +27,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    import keras
-
 __all__ = [
     "ConvAdvantage",
+    "Formula",
     "LayerRow",
     "OutputTooSmallError",
     "Padding",
+    "Shape",
+    "conv2d_formula",
     "conv2d_reference",
     "conv_advantage",
     "conv_formula",
     "conv_output_size",
     "conv_params",
+    "dense_formula",
     "dense_params",
-    "describe_model",
+    "flatten_formula",
+    "fmt_shape",
     "format_table",
+    "known_dims",
+    "pool2d_formula",
     "pool_output_size",
     "same_output_size",
     "same_padding_total",
@@ -297,14 +304,20 @@ class LayerRow:
         )
 
 
-def _keras_shape(shape: Sequence[int | None]) -> Shape:
-    return tuple(None if d is None else int(d) for d in shape[1:])
+@dataclass(frozen=True)
+class Formula:
+    """One layer's output by the formulas: the shape (batch axis dropped, in pixels or units),
+    the parameter count (scalars), and both formulas with the numbers filled in.
 
+    ``params_text`` is empty for layers without weights; ``kernel_size`` is set for
+    convolution and pooling windows, ``(height, width)`` in pixels.
+    """
 
-def _output_shape(layer: Any) -> Shape:
-    output = layer.output
-    # Multi-output layers have no single shape; an empty tuple never matches a formula.
-    return _keras_shape(output.shape) if hasattr(output, "shape") else ()
+    shape: Shape
+    shape_text: str
+    params: int = 0
+    params_text: str = ""
+    kernel_size: tuple[int, int] | None = None
 
 
 def _axis_text(texts: Sequence[str]) -> str:
@@ -341,7 +354,7 @@ def _spatial(
     return (sizes[0], sizes[1]), _axis_text(texts)
 
 
-def _known(shape: Shape) -> tuple[int, ...] | None:
+def known_dims(shape: Shape) -> tuple[int, ...] | None:
     """The shape as ints when every axis is known, else None (no formula applies)."""
     return tuple(d for d in shape if d is not None) if None not in shape else None
 
@@ -350,144 +363,58 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
-def _unknown_row(layer: Any, in_shape: Shape | None) -> LayerRow:
-    keras_shape = _output_shape(layer)
-    params = int(layer.count_params())
-    if params == 0:
-        # Dropout, activations, casts...: no weights, and they keep the shape they are given.
-        return LayerRow(
-            layer.name,
-            type(layer).__name__,
-            "shape kept",
-            "",
-            in_shape,
-            keras_shape,
-            0,
-            params,
-            in_shape,
-        )
-    return LayerRow(
-        layer.name, type(layer).__name__, "n/a", "n/a", None, keras_shape, None, params, in_shape
-    )
-
-
-def _describe_layer(layer: Any, in_shape: Shape | None) -> LayerRow:
-    import keras
-
-    from training.architectures import RGBToGrayscale  # lazy: architectures imports us
-
-    kind = type(layer).__name__
-    keras_shape = _output_shape(layer)
-    keras_params = int(layer.count_params())
-
-    def row(shape_text: str, params_text: str, shape: Shape, params: int, **kw: Any) -> LayerRow:
-        return LayerRow(
-            layer.name,
-            kind,
-            shape_text,
-            params_text,
-            shape,
-            keras_shape,
-            params,
-            keras_params,
-            in_shape,
-            **kw,
-        )
-
-    if isinstance(layer, keras.layers.InputLayer):
-        shape = _keras_shape(layer.batch_shape)
-        return row("input " + _fmt_shape(shape), "", shape, 0)
-    if in_shape is None:
-        return _unknown_row(layer, in_shape)
-    if isinstance(layer, RGBToGrayscale):
-        return row("channels 3 -> 1", "", (*in_shape[:-1], 1), 0)
-    if isinstance(layer, keras.layers.Resizing) and layer.data_format == "channels_last":
-        shape = (int(layer.height), int(layer.width), in_shape[-1])
-        return row(f"resize to {layer.height}x{layer.width}", "", shape, 0)
-    if isinstance(layer, keras.layers.Rescaling):
-        text = f"x*{float(layer.scale):.6g}+{float(layer.offset):g}, shape kept"
-        return row(text, "", in_shape, 0)
-
-    dims = _known(in_shape)
-    if dims is None or len(dims) == 0:
-        return _unknown_row(layer, in_shape)
-    if (
-        type(layer) is keras.layers.Conv2D  # exactly: a subclass may carry other weights
-        and len(dims) == 3
-        and layer.data_format == "channels_last"
-        and tuple(layer.dilation_rate) == (1, 1)
-        and layer.groups == 1
-    ):
-        kernel = (int(layer.kernel_size[0]), int(layer.kernel_size[1]))
-        strides = (int(layer.strides[0]), int(layer.strides[1]))
-        (h, w), shape_text = _spatial(dims, kernel, strides, layer.padding, pool=False)
-        n_c, n_f, bias = dims[-1], int(layer.filters), bool(layer.use_bias)
-        params = conv_params(kernel, n_c, n_f, bias)
-        inner = f"{kernel[0]}*{kernel[1]}*{n_c}" + ("+1" if bias else "")
-        params_text = f"({inner})*{n_f} = {_fmt_int(params)}"
-        return row(shape_text, params_text, (h, w, n_f), params, kernel_size=kernel)
-    if (
-        isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D))
-        and len(dims) == 3
-        and layer.data_format == "channels_last"
-    ):
-        kernel = (int(layer.pool_size[0]), int(layer.pool_size[1]))
-        strides = (int(layer.strides[0]), int(layer.strides[1]))
-        (h, w), shape_text = _spatial(dims, kernel, strides, layer.padding, pool=True)
-        return row(shape_text, "", (h, w, dims[-1]), 0, kernel_size=kernel)
-    if isinstance(layer, keras.layers.Flatten):
-        size = math.prod(dims)
-        return row(f"{'*'.join(str(d) for d in dims)} = {_fmt_int(size)}", "", (size,), 0)
-    if (
-        type(layer) is keras.layers.Dense
-        # LoRA and quantization add weights the formula does not count.
-        and getattr(layer, "lora_rank", None) is None
-        and getattr(layer, "quantization_mode", None) is None
-    ):
-        n_in, n_out, bias = dims[-1], int(layer.units), bool(layer.use_bias)
-        params = dense_params(n_in, n_out, bias)
-        params_text = (
-            f"({_fmt_int(n_in)}+1)*{_fmt_int(n_out)} = {_fmt_int(params)}"
-            if bias
-            else f"{_fmt_int(n_in)}*{_fmt_int(n_out)} = {_fmt_int(params)}"
-        )
-        return row(f"{n_out} units", params_text, (*dims[:-1], n_out), params)
-    return _unknown_row(layer, in_shape)
-
-
-def describe_model(model: keras.Model) -> list[LayerRow]:
-    """Walk a built model's layers and compute every output shape and count from the formulas.
-
-    The formulas start from the model's declared input and the ``Resizing`` size, and each
-    layer's formula output feeds the next layer's formula (following the actual graph), so a
-    wrong formula shows up as a disagreement, not as a copy of Keras's number. A layer kind
-    without a formula is reported with ``"n/a"``, and the walk continues from Keras's shape.
+def conv2d_formula(
+    dims: tuple[int, ...],
+    kernel: tuple[int, int],
+    strides: tuple[int, int],
+    padding: str,
+    filters: int,
+    use_bias: bool,
+) -> Formula:
+    """A channels-last 2-D convolution on an ``(H, W, C)`` input (pixels, channels): output
+    ``(H', W', filters)`` and ``(f*f*C + 1) * filters`` parameters.
 
     Raises:
-        OutputTooSmallError: when a window does not fit (the model could not have been built
-            either, so this only happens for inconsistent inputs).
+        OutputTooSmallError: the window does not fit.
     """
-    import keras
+    (h, w), shape_text = _spatial(dims, kernel, strides, padding, pool=False)
+    n_c = dims[-1]
+    params = conv_params(kernel, n_c, filters, use_bias)
+    inner = f"{kernel[0]}*{kernel[1]}*{n_c}" + ("+1" if use_bias else "")
+    params_text = f"({inner})*{filters} = {_fmt_int(params)}"
+    return Formula((h, w, filters), shape_text, params, params_text, kernel_size=kernel)
 
-    rows: list[LayerRow] = []
-    # KerasTensor identity -> shape computed by the formulas (batch axis dropped).
-    formula_shapes: dict[int, Shape] = {}
-    for layer in model.layers:
-        in_shape: Shape | None = None
-        if not isinstance(layer, keras.layers.InputLayer):
-            # A layer with several inputs (Add, Concatenate...) gets no formula: in_shape None.
-            inputs = layer.input
-            if hasattr(inputs, "shape"):
-                in_shape = formula_shapes.get(id(inputs))
-                if in_shape is None:
-                    in_shape = _keras_shape(inputs.shape)
-        r = _describe_layer(layer, in_shape)
-        rows.append(r)
-        if hasattr(layer.output, "shape"):
-            formula_shapes[id(layer.output)] = (
-                r.shape_from_keras if r.shape_from_formula is None else r.shape_from_formula
-            )
-    return rows
+
+def pool2d_formula(
+    dims: tuple[int, ...], kernel: tuple[int, int], strides: tuple[int, int], padding: str
+) -> Formula:
+    """A channels-last 2-D pooling window on an ``(H, W, C)`` input: ``(H', W', C)``, no
+    parameters.
+
+    Raises:
+        OutputTooSmallError: the window does not fit.
+    """
+    (h, w), shape_text = _spatial(dims, kernel, strides, padding, pool=True)
+    return Formula((h, w, dims[-1]), shape_text, kernel_size=kernel)
+
+
+def flatten_formula(dims: tuple[int, ...]) -> Formula:
+    """Flatten: one axis of ``prod(dims)`` values, no parameters."""
+    size = math.prod(dims)
+    return Formula((size,), f"{'*'.join(str(d) for d in dims)} = {_fmt_int(size)}")
+
+
+def dense_formula(dims: tuple[int, ...], units: int, use_bias: bool) -> Formula:
+    """A fully connected layer on the last axis: ``(..., units)`` and ``(n_in + 1) * units``
+    parameters (``n_in * units`` without bias)."""
+    n_in = dims[-1]
+    params = dense_params(n_in, units, use_bias)
+    params_text = (
+        f"({_fmt_int(n_in)}+1)*{_fmt_int(units)} = {_fmt_int(params)}"
+        if use_bias
+        else f"{_fmt_int(n_in)}*{_fmt_int(units)} = {_fmt_int(params)}"
+    )
+    return Formula((*dims[:-1], units), f"{units} units", params, params_text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -548,7 +475,8 @@ def conv_advantage(rows: Sequence[LayerRow]) -> ConvAdvantage | None:
     return None
 
 
-def _fmt_shape(shape: Shape | None) -> str:
+def fmt_shape(shape: Shape | None) -> str:
+    """``(28, 28, 1)`` -> ``"28x28x1"``; an axis of any size reads ``?``, no shape ``n/a``."""
     if shape is None:
         return "n/a"
     return "x".join("?" if d is None else str(d) for d in shape)
@@ -571,8 +499,8 @@ def format_table(rows: Sequence[LayerRow]) -> str:
         (
             r.name,
             r.kind,
-            _fmt_shape(r.shape_from_formula),
-            _fmt_shape(r.shape_from_keras),
+            fmt_shape(r.shape_from_formula),
+            fmt_shape(r.shape_from_keras),
             "n/a" if r.params_from_formula is None else _fmt_int(r.params_from_formula),
             _fmt_int(r.params_from_keras),
             _check_text(r),

@@ -9,7 +9,11 @@
   sample of headers, and splits the FILES into train / validation / test
   (:class:`FolderData`). :func:`make_file_dataset` then streams one split through tf.data:
   read + decode + resize in parallel with the very function the service decodes uploads with
-  (:func:`training.decoding.decode_image`), batch, prefetch; nothing holds every image at once.
+  (:func:`contract.decoding.decode_image`), batch, prefetch; nothing holds every image at once.
+* Every tf.data pipeline of a run is built here: :func:`make_datasets` gives the (train, val,
+  test) pipelines of either kind (in memory: :func:`make_dataset`), applying the augmenters of
+  :mod:`training.augment` to the training split, and :func:`with_class_weights` adds sample
+  weights. TensorFlow is imported only when a pipeline is built.
 
 Both test splits are fixed (their own seeds, never ``--seed``) so every run on the same data is
 scored on the same held-out images.
@@ -22,6 +26,7 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,14 +36,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.decoding import (
-    HEADER_BYTES,
-    IMAGE_SUFFIXES,
-    ImageError,
-    check_header,
-    decode_image,
-    read_header,
-)
+from contract.decoding.decode import decode_image
+from contract.decoding.errors import ImageError
+from contract.decoding.files import IMAGE_SUFFIXES, read_header
+from contract.decoding.probe import HEADER_BYTES, check_header
 from training.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ def load_folder_data(
     """List, check, fingerprint and split ``folder/<class>/<image>`` files of any size and mode.
 
     One pass reads every file in 1 MiB chunks (for the fingerprint) and checks its first bytes
-    (:func:`training.decoding.check_header`: no decode); unreadable files are skipped with one
+    (:func:`contract.decoding.check_header`: no decode); unreadable files are skipped with one
     warning each. Memory grows with the number of file NAMES only, never with their pixels.
 
     Args:
@@ -548,7 +549,7 @@ def make_file_dataset(
 ) -> Any:
     """A tf.data pipeline streaming one split from disk: ``(images, labels)`` batches.
 
-    paths -> [shuffle paths] -> read + :func:`training.decoding.decode_image` (the service's
+    paths -> [shuffle paths] -> read + :func:`contract.decoding.decode_image` (the service's
     decoder, through ``tf.numpy_function``, ``num_parallel_calls=AUTOTUNE``: Pillow releases the
     GIL while it decodes and resizes) -> drop files that fail (one warning each, counted in
     ``failures``) -> [cache to ``cache_file`` -> shuffle a bounded buffer] -> batch -> prefetch.
@@ -621,6 +622,176 @@ def _is_decoded(pixels: Any, label: Any, ok: Any) -> Any:
 
 def _drop_flag(pixels: Any, label: Any, ok: Any) -> tuple[Any, Any]:
     return pixels, label
+
+
+# ---------------------------------------------------------------------------------------
+# The run's tf.data pipelines (every one in this module; augmenters from training.augment)
+# ---------------------------------------------------------------------------------------
+
+SPLITS = ("train", "val", "test")
+
+
+def _augmented(ds: Any, seed: int) -> Any:
+    """``--augment``: :func:`training.augment.geometric` on every ``(images, labels)`` batch."""
+    import tensorflow as tf
+
+    from training.augment import geometric
+
+    augmenter = geometric(seed)
+    return ds.map(
+        lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+    )
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool,
+    seed: int,
+    handwriting: bool = False,
+) -> Any:
+    """tf.data pipeline of in-memory arrays: cache the uint8 arrays, shuffle, batch, float32,
+    augment, prefetch. Yields float32 ``(N, H, W, C)`` 0..255 and the labels as given.
+
+    ``handwriting``: :func:`training.augment.handwriting` variants (new ones every epoch);
+    ``augment``: :func:`training.augment.geometric`, after them."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    if shuffle:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if handwriting:
+        from training.augment import handwriting as handwriting_variants
+
+        # One stateless seed per batch, different every epoch, reproducible from --seed.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda batch, s: (handwriting_variants(batch[0], s), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    if augment:
+        ds = _augmented(ds, seed)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _checked_cache_dir(cache_dir: Path) -> Path:
+    """Create ``--cache DIR`` if needed; a folder that cannot be written is a user mistake."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--cache {cache_dir}: {exc.strerror or exc}") from exc
+    if not os.access(cache_dir, os.W_OK | os.X_OK):
+        raise UserError(f"--cache {cache_dir}: the folder is not writable")
+    return cache_dir
+
+
+def _folder_datasets(
+    data: FolderData,
+    *,
+    batch_size: int,
+    image_size: tuple[int, int],
+    seed: int,
+    augment: bool,
+    cache_dir: Path | None,
+) -> tuple[Any, Any, Any]:
+    """Streamed (train, val, test) pipelines of a folder, see :func:`make_file_dataset`.
+    ``cache_dir`` caches each split's decoded images in a file named after the data
+    fingerprint and the image size (so changed data or another input size never reads a
+    stale cache)."""
+    # Files that fail to decode are dropped while streaming, so a split's length is unknown
+    # until it has been read once; Keras warns at the end of every such pass as if the data
+    # had run out early. It has not: every readable file was used.
+    warnings.filterwarnings(
+        "ignore", message="Your input ran out of data", category=UserWarning, module="keras"
+    )
+    if cache_dir is not None:
+        cache_dir = _checked_cache_dir(cache_dir)
+    height, width = image_size
+
+    def cache_file(split: str) -> Path | None:
+        if cache_dir is None:
+            return None
+        return cache_dir / f"{split}-{data.fingerprint[:16]}-{height}x{width}"
+
+    train_ds, val_ds, test_ds = (
+        make_file_dataset(
+            getattr(data, split),
+            image_size=image_size,
+            batch_size=batch_size,
+            shuffle=split == "train",
+            seed=seed,
+            failures=data.failures,
+            cache_file=cache_file(split),
+        )
+        for split in SPLITS
+    )
+    if augment:
+        train_ds = _augmented(train_ds, seed)
+    return train_ds, val_ds, test_ds
+
+
+def make_datasets(
+    data: ImageData | FolderData,
+    *,
+    batch_size: int,
+    image_size: tuple[int, int],
+    seed: int,
+    augment: bool,
+    handwriting: bool = False,
+    cache_dir: Path | None = None,
+) -> tuple[Any, Any, Any]:
+    """The (train, val, test) tf.data pipelines of a run; only train is shuffled and augmented.
+
+    Args:
+        data: The bundled digits (:func:`make_dataset`, in memory) or a folder
+            (:func:`make_file_dataset`, streamed).
+        batch_size: Images per batch: the GLOBAL batch (per replica times replicas).
+        image_size: (height, width) a folder's images are decoded to, in pixels (the digits
+            keep their own size: the model resizes).
+        seed: Seed of the shuffles and the augmentation.
+        augment: ``--augment``: :func:`training.augment.geometric` on the training split.
+        handwriting: ``--handwriting-augment``: :func:`training.augment.handwriting` on the
+            training split (the digits only).
+        cache_dir: ``--cache DIR`` for a folder's decoded images (the digits stay in memory).
+
+    Raises:
+        UserError: ``cache_dir`` cannot be created or written.
+    """
+    if isinstance(data, FolderData):
+        return _folder_datasets(
+            data,
+            batch_size=batch_size,
+            image_size=image_size,
+            seed=seed,
+            augment=augment,
+            cache_dir=cache_dir,
+        )
+    train_ds, val_ds, test_ds = (
+        make_dataset(
+            getattr(data, split).images,
+            getattr(data, split).labels,
+            batch_size=batch_size,
+            shuffle=split == "train",
+            augment=augment and split == "train",
+            seed=seed,
+            handwriting=handwriting and split == "train",
+        )
+        for split in SPLITS
+    )
+    return train_ds, val_ds, test_ds
+
+
+def with_class_weights(dataset: Any, weights: dict[int, float]) -> Any:
+    """``(x, y)`` batches -> ``(x, y, sample_weight)`` with each label's class weight: works
+    under every distribution strategy, unlike ``fit(class_weight=...)``."""
+    import tensorflow as tf
+
+    table = tf.constant([weights[c] for c in range(len(weights))], dtype=tf.float32)
+    return dataset.map(lambda x, y: (x, y, tf.gather(table, y)))
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:

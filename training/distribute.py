@@ -9,15 +9,19 @@ Keras 3's ``Model.fit`` and ``Model.evaluate`` fail under MultiWorkerMirroredStr
 ("Attempt to convert a value (PerReplica...)", keras-team/keras#20585), so multi-worker runs
 train with :func:`fit_multi_worker` and measure with :func:`evaluate_multi_worker`: a custom
 step run by ``strategy.run`` that drives the same Keras callbacks ``fit`` drives.
+:func:`training_loop` makes that choice once per run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -285,6 +289,22 @@ def _broadcast_state_from_chief(model: Any, strategy: Any, initial_epoch: int) -
     return int(summed[-1])
 
 
+def _train_epoch(
+    model: Any, steps: _Steps, train_dist: Any, callback_list: Any
+) -> dict[str, float]:
+    """One pass over the distributed training batches, driving the batch callbacks; returns
+    the epoch's ``{"loss", "accuracy"}`` over every worker."""
+    totals = np.zeros(3)
+    for step, batch in enumerate(train_dist):
+        callback_list.on_train_batch_begin(step)
+        totals += steps.train_step(batch).numpy()
+        callback_list.on_train_batch_end(step, _logs(totals))
+        # Callbacks see the same global logs on every worker, so all stop together.
+        if model.stop_training:
+            break
+    return _logs(totals)
+
+
 def fit_multi_worker(
     model: Any,
     strategy: Any,
@@ -341,15 +361,7 @@ def fit_multi_worker(
     for epoch in range(initial_epoch, epochs):
         started = time.monotonic()
         callback_list.on_epoch_begin(epoch)
-        totals = np.zeros(3)
-        for step, batch in enumerate(train_dist):
-            callback_list.on_train_batch_begin(step)
-            totals += steps.train_step(batch).numpy()
-            callback_list.on_train_batch_end(step, _logs(totals))
-            # Callbacks see the same global logs on every worker, so all stop together.
-            if model.stop_training:
-                break
-        epoch_logs = _logs(totals)
+        epoch_logs = _train_epoch(model, steps, train_dist, callback_list)
         val_logs = steps.evaluate(val_dist, callback_list)
         epoch_logs.update({f"val_{name}": value for name, value in val_logs.items()})
         callback_list.on_epoch_end(epoch, epoch_logs)
@@ -392,3 +404,64 @@ def predict_locally(model: Any, dataset: Any) -> np.ndarray:
 
     predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     return np.concatenate([predict(x).numpy() for x, _ in dataset], axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# One choice of loop per run
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How a compiled model is trained, scored and run under its strategy, chosen once.
+
+    Attributes:
+        fit: ``fit(train_ds, val_ds, *, epochs, callbacks, verbose)`` -> ``History.history``
+            (``{"loss": [...], "val_loss": [...], ...}``, one value per epoch run).
+        evaluate: ``evaluate(dataset)`` -> ``(loss, accuracy)`` over the whole dataset.
+        predict: ``predict(dataset)`` -> class probabilities ``(N, classes)`` in dataset order.
+    """
+
+    fit: Callable[..., dict[str, list[float]]]
+    evaluate: Callable[[Any], tuple[float, float]]
+    predict: Callable[[Any], np.ndarray]
+
+
+def _keras_fit(
+    model: Any, train_ds: Any, val_ds: Any, *, epochs: int, callbacks: list[Any], verbose: int
+) -> dict[str, list[float]]:
+    history: dict[str, list[float]] = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        shuffle=False,  # tf.data shuffles
+        verbose=verbose,
+    ).history
+    return history
+
+
+def _keras_evaluate(model: Any, dataset: Any) -> tuple[float, float]:
+    loss, accuracy = model.evaluate(dataset, verbose=0)
+    return float(loss), float(accuracy)
+
+
+def _keras_predict(model: Any, dataset: Any) -> np.ndarray:
+    return np.asarray(model.predict(dataset, verbose=0))
+
+
+def training_loop(model: Any, strategy: Any) -> Loop:
+    """Keras's own ``fit``/``evaluate``/``predict``, or, under MultiWorkerMirroredStrategy
+    (where Keras 3's fail), :func:`fit_multi_worker`, :func:`evaluate_multi_worker` and
+    :func:`predict_locally`. ``model`` must have been compiled inside ``strategy.scope()``."""
+    if is_multi_worker(strategy):
+        return Loop(
+            fit=functools.partial(fit_multi_worker, model, strategy),
+            evaluate=functools.partial(evaluate_multi_worker, model, strategy),
+            predict=functools.partial(predict_locally, model),
+        )
+    return Loop(
+        fit=functools.partial(_keras_fit, model),
+        evaluate=functools.partial(_keras_evaluate, model),
+        predict=functools.partial(_keras_predict, model),
+    )

@@ -27,18 +27,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from contract.names import FEATURE_MAPS_ENDPOINT, GRADCAM_ENDPOINT
+
 __all__ = [
     "EXPLAIN_ENDPOINTS",
-    "FEATURE_MAPS_ENDPOINT",
     "FEATURE_MAP_LAYERS",
-    "GRADCAM_ENDPOINT",
     "conv_layers",
     "feature_maps_endpoint",
     "gradcam_endpoint",
 ]
 
-GRADCAM_ENDPOINT = "gradcam"
-FEATURE_MAPS_ENDPOINT = "feature_maps"
 #: How many of the first convolution layers ``feature_maps`` returns.
 FEATURE_MAP_LAYERS = 2
 #: A heatmap whose maximum is below this is all zeros (nothing speaks for the class).
@@ -68,6 +66,90 @@ def _softmax_head(model: Any) -> Any | None:
     return None
 
 
+def _gradcam_parts(model: Any) -> tuple[Any, Any | None, Any | None]:
+    """``(grad_model, softmax head or None, NormalizeDigits layer or None)`` for Grad-CAM.
+
+    ``grad_model`` maps the model's input to ``[last conv activations, score source, the
+    picture the network works on (0..255), what the crop is computed from]``.
+
+    Raises:
+        ValueError: the model has no Conv2D layer.
+    """
+    import keras
+
+    from training.normalization import NormalizeDigits
+
+    convs = conv_layers(model)
+    if not convs:
+        raise ValueError(f"model {model.name!r} has no Conv2D layer to explain")
+    head = _softmax_head(model)
+    # With a softmax head, stop at its input and apply the kernel ourselves to get the logits.
+    score_source = head.input if head is not None else model.output
+    normalizer = next((lay for lay in model.layers if isinstance(lay, NormalizeDigits)), None)
+    # The picture the network works on, 0..255 (the rescaling layer's input when there is one),
+    # and what the crop is computed from (the normalisation layer's input: the model's size).
+    rescale = next((lay for lay in model.layers if lay.name == "rescale"), None)
+    seen = rescale.input if rescale is not None else convs[0].input
+    cropped_from = normalizer.input if normalizer is not None else seen
+    grad_model = keras.Model(
+        model.inputs,
+        [convs[-1].output, score_source, seen, cropped_from],
+        name="gradcam",
+    )
+    return grad_model, head, normalizer
+
+
+def _probabilities_and_logits(features: Any, head: Any | None) -> tuple[Any, Any]:
+    """Class probabilities and pre-softmax logits from the score source (see above)."""
+    import tensorflow as tf
+
+    features = tf.cast(features, tf.float32)
+    if head is None:
+        return features, tf.math.log(tf.maximum(features, 1e-30))
+    logits = tf.matmul(features, tf.cast(head.kernel, tf.float32))
+    if head.use_bias:
+        logits += tf.cast(head.bias, tf.float32)
+    return tf.nn.softmax(logits), logits
+
+
+def _chosen_classes(probabilities: Any, class_index: Any, num_classes: int) -> Any:
+    """``class_index``, with ``-1`` replaced by the most probable class; checked < classes."""
+    import tensorflow as tf
+
+    chosen = tf.where(
+        class_index < 0,
+        tf.argmax(probabilities, axis=-1, output_type=tf.int32),
+        class_index,
+    )
+    # The check must run before the gather: without the dependency the graph may
+    # execute the gather first and fail with a less helpful message.
+    check = tf.debugging.assert_less(
+        chosen, num_classes, message="class_index must be < the number of classes"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(chosen)
+
+
+def _onto_input(cam: Any, source: Any, normalizer: Any | None) -> tuple[Any, Any]:
+    """``(cam over the input image, crop box)``: with digit normalisation the map is carried
+    back through the crop; without it the map already covers the image, box ``(0, 0, 1, 1)``
+    (fractions of the height and width: top, left, bottom, right)."""
+    import tensorflow as tf
+
+    from training.normalization import crop_boxes, heatmap_to_input
+
+    if normalizer is None:
+        return cam, tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [tf.shape(cam)[0], 1])
+    size = tf.shape(source)[1:3]
+    size_f = tf.cast(size, tf.float32)
+    transforms = normalizer.transforms(source)
+    cam = heatmap_to_input(cam, transforms, size, normalizer.frame)
+    box = crop_boxes(transforms, normalizer.frame)  # pixel centres, inclusive
+    half = transforms[:, 0:1] / 2.0  # half an output pixel, in input pixels
+    edges = box + tf.concat([-half, -half, half, half], axis=1)
+    return cam, edges / tf.concat([size_f, size_f], axis=0)[None, :]
+
+
 def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
     """Grad-CAM at the last Conv2D layer.
 
@@ -90,57 +172,17 @@ def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
     Raises:
         ValueError: the model has no Conv2D layer.
     """
-    import keras
     import tensorflow as tf
 
-    from training.normalization import NormalizeDigits, crop_boxes, heatmap_to_input
-
-    convs = conv_layers(model)
-    if not convs:
-        raise ValueError(f"model {model.name!r} has no Conv2D layer to explain")
-    last_conv = convs[-1]
-    head = _softmax_head(model)
-    # With a softmax head, stop at its input and apply the kernel ourselves to get the logits.
-    score_source = head.input if head is not None else model.output
-    normalizer = next((lay for lay in model.layers if isinstance(lay, NormalizeDigits)), None)
-    # The picture the network works on, 0..255 (the rescaling layer's input when there is one),
-    # and what the crop is computed from (the normalisation layer's input: the model's size).
-    rescale = next((lay for lay in model.layers if lay.name == "rescale"), None)
-    seen = rescale.input if rescale is not None else convs[0].input
-    cropped_from = normalizer.input if normalizer is not None else seen
-    grad_model = keras.Model(
-        model.inputs,
-        [last_conv.output, score_source, seen, cropped_from],
-        name="gradcam",
-    )
+    grad_model, head, normalizer = _gradcam_parts(model)
     num_classes = int(model.output.shape[-1])
 
     def gradcam(images: Any, class_index: Any) -> dict[str, Any]:
         with tf.GradientTape() as tape:
             # The conv kernels are variables, so the tape records everything downstream of them.
             raw_activations, features, network_input, source = grad_model(images, training=False)
-            features = tf.cast(features, tf.float32)
-            if head is not None:
-                kernel = tf.cast(head.kernel, tf.float32)
-                logits = tf.matmul(features, kernel)
-                if head.use_bias:
-                    logits += tf.cast(head.bias, tf.float32)
-                probabilities = tf.nn.softmax(logits)
-            else:
-                probabilities = features
-                logits = tf.math.log(tf.maximum(probabilities, 1e-30))
-            chosen = tf.where(
-                class_index < 0,
-                tf.argmax(probabilities, axis=-1, output_type=tf.int32),
-                class_index,
-            )
-            # The check must run before the gather: without the dependency the graph may
-            # execute the gather first and fail with a less helpful message.
-            check = tf.debugging.assert_less(
-                chosen, num_classes, message="class_index must be < the number of classes"
-            )
-            with tf.control_dependencies([check]):
-                chosen = tf.identity(chosen)
+            probabilities, logits = _probabilities_and_logits(features, head)
+            chosen = _chosen_classes(probabilities, class_index, num_classes)
             score = tf.gather(logits, chosen[:, None], batch_dims=1)[:, 0]
         grads = tf.cast(tape.gradient(score, raw_activations), tf.float32)
         activations = tf.cast(raw_activations, tf.float32)
@@ -153,18 +195,7 @@ def gradcam_endpoint(model: Any) -> tuple[str, Callable[..., Any], list[Any]]:
             blank_activations = grad_model(tf.zeros_like(images[:1]), training=False)[0]
             activations -= tf.cast(blank_activations, tf.float32)
         cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
-        size = tf.shape(source)[1:3]
-        size_f = tf.cast(size, tf.float32)
-        batch = tf.shape(cam)[0]
-        if normalizer is not None:
-            transforms = normalizer.transforms(source)
-            cam = heatmap_to_input(cam, transforms, size, normalizer.frame)
-            box = crop_boxes(transforms, normalizer.frame)  # pixel centres, inclusive
-            half = transforms[:, 0:1] / 2.0  # half an output pixel, in input pixels
-            edges = box + tf.concat([-half, -half, half, half], axis=1)
-            crop = edges / tf.concat([size_f, size_f], axis=0)[None, :]
-        else:
-            crop = tf.tile(tf.constant([[0.0, 0.0, 1.0, 1.0]]), [batch, 1])
+        cam, crop = _onto_input(cam, source, normalizer)
         peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
         heatmap = tf.where(peak > _EPSILON, cam / tf.maximum(peak, _EPSILON), tf.zeros_like(cam))
         return {

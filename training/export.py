@@ -17,14 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from training.metadata import (
-    SERVE_ENDPOINT,
-    InputSpec,
-    ModelMetadata,
-    checksum_tree,
-    list_versions,
-    write_metadata,
-)
+from contract.metadata import InputSpec, ModelMetadata, checksum_tree, list_versions, write_metadata
+from contract.names import SERVE_ENDPOINT
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from contract.names import (
+    CONFUSION_MATRIX_FILE,
+    CONFUSION_MATRIX_JSON,
+    CURVES_FILE,
+    FILTERS_FILE,
+    PER_CLASS_FILE,
+)
+
 
 def _pyplot() -> Any:
     import matplotlib
@@ -37,12 +45,12 @@ def write_report(
     """Write every report file; returns their paths. ``first_conv_kernels`` is (f, f, c, n_f)."""
     report_dir.mkdir(parents=True, exist_ok=True)
     written = [
-        plot_curves(history, report_dir / "curves.png"),
+        plot_curves(history, report_dir / CURVES_FILE),
         *confusion(y_true, y_pred, class_names, report_dir),
-        per_class_metrics(y_true, y_pred, class_names, report_dir / "per_class.json"),
+        per_class_metrics(y_true, y_pred, class_names, report_dir / PER_CLASS_FILE),
     ]
     if first_conv_kernels is not None:
-        written.append(plot_filters(first_conv_kernels, report_dir / "filters.png"))
+        written.append(plot_filters(first_conv_kernels, report_dir / FILTERS_FILE))
     return written
 
 
@@ -74,7 +82,7 @@ def confusion(
 
     labels = list(range(len(class_names)))
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
-    json_path = report_dir / "confusion_matrix.json"
+    json_path = report_dir / CONFUSION_MATRIX_JSON
     json_path.write_text(json.dumps({"class_names": list(class_names), "matrix": matrix.tolist()}))
 
     plt = _pyplot()
@@ -99,7 +107,7 @@ def confusion(
             )
     ax.set_title("test split")
     fig.tight_layout()
-    png_path = report_dir / "confusion_matrix.png"
+    png_path = report_dir / CONFUSION_MATRIX_FILE
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
     return [png_path, json_path]

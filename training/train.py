@@ -4,32 +4,38 @@
     python training/train.py --data photos/  # a folder of class sub-folders -> models/photos/N
     python training/train.py --describe --arch lenet5   # the conv arithmetic, layer by layer
 
-Steps: parse args -> datasets -> ``build(arch, input_shape, num_classes)`` -> fit with callbacks
--> evaluate on the held-out test split -> publish (SavedModel, report, metadata.json last).
+:func:`train` runs the steps, one function each: load (the data, the digit options) -> devices
+(seeds, precision, strategy) -> datasets (:mod:`training.data`'s tf.data pipelines) -> compile
+(``build(arch, input_shape, num_classes)``) -> fit with callbacks -> evaluate on the held-out
+splits -> publish (SavedModel, report, metadata.json last).
 A user mistake ends with one ``error:`` line and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-if __package__ in (None, ""):  # run as `python training/train.py`: make `training` importable
+# Run as `python training/train.py`: make `training` and `contract` importable (before either
+# is imported: the repository root is not on sys.path then).
+if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from contract.names import REPORT_DIR
+from contract.tf_log import import_filtered, quiet_tensorflow
 from training.arch_names import ARCHITECTURES
 from training.data import (
+    SPLITS,
     FolderData,
     ImageData,
     class_counts,
@@ -38,6 +44,10 @@ from training.data import (
     with_min_side,
 )
 from training.errors import UserError
+
+if TYPE_CHECKING:
+    from contract.metadata import InputSpec
+    from training.distribute import Loop
 
 logger = logging.getLogger("training")
 
@@ -96,7 +106,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# declarative table: argparse flags (one add_argument per flag; longer than 80 lines by design)
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: every flag, its type check, default and help."""
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train a Keras CNN and publish it to models/<name>/<version>/.",
@@ -208,10 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """The mistakes found without TensorFlow, so that they are reported at once (its import
+    takes seconds). ``--arch`` and the number formats are checked by the parser itself."""
+    if args.data is not None:
+        if not args.data.exists():
+            raise UserError(f"data folder {args.data} does not exist")
+        if not args.data.is_dir():
+            raise UserError(
+                f"{args.data} is not a folder; --data expects a folder of class sub-folders"
+            )
+    if args.distribute == "multi-worker":
+        from training.distribute import check_tf_config
+
+        check_tf_config(os.environ.get("TF_CONFIG"))
+
+
 def describe(args: argparse.Namespace) -> int:
     """Print the conv-arithmetic layer table for --arch at --input-shape."""
-    from training.architectures import build
-    from training.conv_math import describe_model, format_table
+    from training.architectures import build, describe_model
+    from training.conv_math import format_table
 
     shape = args.input_shape or CANONICAL_SHAPES.get(args.arch, (28, 28, 1))
     if args.normalize_digits and shape[2] != 1:
@@ -223,6 +251,124 @@ def describe(args: argparse.Namespace) -> int:
     print(f"{args.arch} on {shape[0]}x{shape[1]}x{shape[2]}, {args.num_classes} classes")
     print(format_table(describe_model(model)))
     return 0
+
+
+# ---------------------------------------------------------------------------------------
+# A training run, as steps:
+#   load -> devices -> datasets -> compile -> fit -> evaluate -> publish
+# Each step is one function; what it produces is a small frozen dataclass that the later
+# steps take, so every value has one producer and :func:`train` reads as the list above.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the load step produces: the data and what it decides about the run."""
+
+    data: ImageData | FolderData
+    input_shape: tuple[int, int, int]  # (height, width, channels) the network sees, pixels
+    model_name: str  # publishes to <models-dir>/<model_name>/<version>/
+    run_dir: Path  # checkpoints and logs
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What the devices step produces: where the run computes."""
+
+    strategy: Any  # tf.distribute.Strategy
+    names: list[str]  # the GPUs' device names, or ["CPU"]
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """What the datasets step produces: tf.data pipelines of GLOBAL batches (per-replica
+    ``--batch-size`` times replicas) of float32 RGB 0..255 images and int32 labels."""
+
+    train: Any  # shuffled and augmented; (x, y, sample_weight) batches with class weights
+    val: Any
+    test: Any
+    class_weights: dict[int, float] | None  # label -> loss weight (--class-weight balanced)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """What the compile step produces: the model and the loop that drives it."""
+
+    model: Any  # keras.Model, built and compiled inside the strategy's scope
+    loop: Loop  # fit / evaluate / predict as this strategy needs them
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What the fit step produces."""
+
+    history: dict[str, list[float]]  # Keras History.history: one value per epoch run
+    epochs_run: int  # early stopping may end before --epochs
+    train_seconds: float  # from the start of the run (loading included) to the end of fit
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the evaluate step produces: scores of the best weights on the held-out splits."""
+
+    val_loss: float
+    val_accuracy: float  # fraction 0..1
+    test_loss: float
+    test_accuracy: float  # fraction 0..1
+    y_true: np.ndarray  # test labels (N,) in dataset order, files that failed to decode left out
+    y_pred: np.ndarray  # predicted test classes (N,), the same order
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """metadata.json's ``metrics``."""
+        return {
+            "val_accuracy": self.val_accuracy,
+            "val_loss": self.val_loss,
+            "test_accuracy": self.test_accuracy,
+            "test_loss": self.test_loss,
+        }
+
+
+def train(args: argparse.Namespace) -> int:
+    """One training run, step by step; returns the exit code (0)."""
+    started = time.monotonic()
+    loaded = load(args)
+    devices = prepare_devices(args)
+    datasets = make_run_datasets(args, loaded, devices)
+    compiled = compile_model(args, loaded, devices)
+    fitted = fit(args, loaded, compiled, datasets, started=started)
+    evaluation = evaluate(loaded, compiled, datasets)
+    publish_run(args, loaded, devices, datasets, compiled, fitted, evaluation, started=started)
+    return 0
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+def load(args: argparse.Namespace) -> Loaded:
+    """Read the digits or list the folder, settle the digit options, create the run folder.
+
+    Mutates ``args``: the resolved ``--normalize-digits`` and ``--handwriting-augment``."""
+    data = load_data(args)
+    input_shape = args.input_shape or data.default_input_shape
+    resolve_digit_options(args, input_shape)
+    if args.jit and args.normalize_digits:
+        logger.warning(
+            "--jit is ignored with --normalize-digits: its image warp has no XLA kernel "
+            "(train with --no-normalize-digits to use XLA)"
+        )
+    model_name = args.model_name or ("digits" if args.data is None else args.data.resolve().name)
+    run_dir = args.run_dir or Path("runs") / model_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger.info(
+        "data %s: train %d, val %d, test %d; classes %s",
+        data.source,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        class_counts(data.train.labels, data.class_names),
+    )
+    return Loaded(data, input_shape, model_name, run_dir)
 
 
 def load_data(args: argparse.Namespace) -> ImageData | FolderData:
@@ -240,78 +386,6 @@ def load_data(args: argparse.Namespace) -> ImageData | FolderData:
     from training.architectures import min_input_size  # Keras: only once the data is fine
 
     return with_min_side(data, min_input_size(args.arch))
-
-
-def folder_datasets(
-    data: FolderData, args: argparse.Namespace, *, batch_size: int, image_size: tuple[int, int]
-) -> tuple[Any, Any, Any]:
-    """Streamed (train, val, test) tf.data pipelines of a ``--data`` folder; see
-    :func:`training.data.make_file_dataset`. ``--cache DIR`` caches each split's decoded images
-    in a file named after the data fingerprint and the image size (so changed data or another
-    input size never reads a stale cache)."""
-    import warnings
-
-    from training.data import make_file_dataset
-
-    # Files that fail to decode are dropped while streaming, so a split's length is unknown
-    # until it has been read once; Keras warns at the end of every such pass as if the data
-    # had run out early. It has not: every readable file was used.
-    warnings.filterwarnings(
-        "ignore", message="Your input ran out of data", category=UserWarning, module="keras"
-    )
-
-    if args.cache is not None:
-        try:
-            args.cache.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--cache {args.cache}: {exc.strerror or exc}") from exc
-        if not os.access(args.cache, os.W_OK | os.X_OK):
-            raise UserError(f"--cache {args.cache}: the folder is not writable")
-
-    def cache_file(split: str) -> Path | None:
-        if args.cache is None:
-            return None
-        height, width = image_size
-        return args.cache / f"{split}-{data.fingerprint[:16]}-{height}x{width}"
-
-    train_ds, val_ds, test_ds = (
-        make_file_dataset(
-            getattr(data, split),
-            image_size=image_size,
-            batch_size=batch_size,
-            shuffle=split == "train",
-            seed=args.seed,
-            failures=data.failures,
-            cache_file=cache_file(split),
-        )
-        for split in ("train", "val", "test")
-    )
-    if args.augment:
-        import keras
-        import tensorflow as tf
-
-        # The same random rotation, shift and zoom as make_dataset gives the digits.
-        augmenter = keras.Sequential(
-            [
-                keras.layers.RandomRotation(0.05, fill_mode="constant", seed=args.seed),
-                keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=args.seed),
-                keras.layers.RandomZoom(0.1, fill_mode="constant", seed=args.seed),
-            ],
-            name="augment",
-        )
-        train_ds = train_ds.map(
-            lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    return train_ds, val_ds, test_ds
-
-
-def with_class_weights(dataset: Any, weights: dict[int, float]) -> Any:
-    """``(x, y)`` batches -> ``(x, y, sample_weight)`` with each label's class weight: works
-    under every distribution strategy, unlike ``fit(class_weight=...)``."""
-    import tensorflow as tf
-
-    table = tf.constant([weights[c] for c in range(len(weights))], dtype=tf.float32)
-    return dataset.map(lambda x, y: (x, y, tf.gather(table, y)))
 
 
 def resolve_digit_options(args: argparse.Namespace, input_shape: tuple[int, int, int]) -> None:
@@ -335,48 +409,122 @@ def resolve_digit_options(args: argparse.Namespace, input_shape: tuple[int, int,
         )
 
 
-def make_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    augment: bool,
-    seed: int,
-    handwriting: bool = False,
-) -> Any:
-    """tf.data pipeline: cache the uint8 arrays, shuffle, batch, float32, augment, prefetch.
+# -- devices ------------------------------------------------------------------------------
 
-    ``handwriting``: :func:`training.augment.handwriting` variants (new ones every epoch)."""
+
+def prepare_devices(args: argparse.Namespace) -> Devices:
+    """Seed every generator, set the precision policy and choose the distribution strategy
+    (before any dataset or model exists: both depend on them)."""
     import keras
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-    if shuffle:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    if handwriting:
-        from training.augment import handwriting as handwriting_variants
+    from training.distribute import make_strategy, strategy_name
 
-        # One stateless seed per batch, different every epoch, reproducible from --seed.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda batch, s: (handwriting_variants(batch[0], s), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
+    keras.utils.set_random_seed(args.seed)
+    gpus = tf.config.list_physical_devices("GPU")
+    if args.mixed_precision:
+        if not gpus:
+            logger.warning("--mixed-precision without a GPU is slower on most CPUs")
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = make_strategy(args.distribute)
+    devices = Devices(strategy, [d.name for d in gpus] or ["CPU"])
+    logger.info(
+        "devices: %s; strategy %s with %d replica(s)",
+        devices.names,
+        strategy_name(strategy),
+        strategy.num_replicas_in_sync,
+    )
+    return devices
+
+
+# -- datasets -----------------------------------------------------------------------------
+
+
+def make_run_datasets(args: argparse.Namespace, loaded: Loaded, devices: Devices) -> Datasets:
+    """The run's pipelines (:func:`training.data.make_datasets`), class-weighted on request."""
+    from training.data import class_weights, make_datasets, with_class_weights
+    from training.distribute import is_multi_worker
+
+    data = loaded.data
+    train_ds, val_ds, test_ds = make_datasets(
+        data,
+        batch_size=args.batch_size * devices.strategy.num_replicas_in_sync,
+        image_size=loaded.input_shape[:2],
+        seed=args.seed,
+        augment=args.augment,
+        handwriting=bool(args.handwriting_augment),
+        cache_dir=args.cache,
+    )
+    weights = None
+    if args.class_weight == "balanced":
+        if is_multi_worker(devices.strategy):  # its custom training loop takes (x, y) batches only
+            raise UserError("--class-weight balanced does not work with --distribute multi-worker")
+
+        weights = class_weights(data.train.labels, len(data.class_names))
+        logger.info(
+            "class weights (balanced): %s",
+            {data.class_names[c]: round(w, 4) for c, w in weights.items()},
         )
-    if augment:
-        augmenter = keras.Sequential(
-            [
-                keras.layers.RandomRotation(0.05, fill_mode="constant", seed=seed),
-                keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
-                keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
-            ],
-            name="augment",
+        train_ds = with_class_weights(train_ds, weights)
+    return Datasets(train_ds, val_ds, test_ds, weights)
+
+
+# -- compile ------------------------------------------------------------------------------
+
+
+def compile_model(args: argparse.Namespace, loaded: Loaded, devices: Devices) -> Compiled:
+    """Build ``--arch`` for the data's input and classes and compile it, in the strategy's
+    scope (so its variables are mirrored), with the loop that strategy needs."""
+    import keras
+
+    from training.architectures import build
+    from training.distribute import training_loop
+
+    with devices.strategy.scope():
+        model = build(
+            args.arch,
+            loaded.input_shape,
+            len(loaded.data.class_names),
+            normalize_digits=args.normalize_digits,
         )
-        ds = ds.map(
-            lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        model.compile(
+            optimizer=keras.optimizers.Adam(args.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=args.jit,
         )
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return Compiled(model, training_loop(model, devices.strategy))
+
+
+# -- fit ----------------------------------------------------------------------------------
+
+
+def fit(
+    args: argparse.Namespace,
+    loaded: Loaded,
+    compiled: Compiled,
+    datasets: Datasets,
+    *,
+    started: float,
+) -> Fitted:
+    """Train with the callbacks until ``--epochs`` or early stopping (best weights restored).
+
+    ``started``: ``time.monotonic()`` at the start of the run, for ``train_seconds``."""
+    from training.distribute import weights_sha256
+
+    callbacks = make_callbacks(loaded.run_dir, args)
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    history = compiled.loop.fit(
+        datasets.train,
+        datasets.val,
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    fitted = Fitted(history, len(history.get("loss", [])), time.monotonic() - started)
+    # Equal on every worker of a synchronous run: compare the lines to prove it.
+    logger.info("final weights sha256 %s", weights_sha256(compiled.model))
+    return fitted
 
 
 def make_callbacks(run_dir: Path, args: argparse.Namespace) -> list[Any]:
@@ -402,239 +550,25 @@ def make_callbacks(run_dir: Path, args: argparse.Namespace) -> list[Any]:
     ]
 
 
-def first_conv_kernels(model: Any) -> np.ndarray | None:
-    import keras
-
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            return np.asarray(layer.kernel.numpy(), dtype=np.float32)
-    return None
+# -- evaluate -----------------------------------------------------------------------------
 
 
-def train(args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    data = load_data(args)
-    input_shape = args.input_shape or data.default_input_shape
-    resolve_digit_options(args, input_shape)
-    if args.jit and args.normalize_digits:
-        logger.warning(
-            "--jit is ignored with --normalize-digits: its image warp has no XLA kernel "
-            "(train with --no-normalize-digits to use XLA)"
-        )
-    model_name = args.model_name or ("digits" if args.data is None else args.data.resolve().name)
-    run_dir = args.run_dir or Path("runs") / model_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger.info(
-        "data %s: train %d, val %d, test %d; classes %s",
-        data.source,
-        len(data.train),
-        len(data.val),
-        len(data.test),
-        class_counts(data.train.labels, data.class_names),
-    )
-
-    import keras
-    import tensorflow as tf
-
-    from training.architectures import build
-    from training.distribute import (
-        evaluate_multi_worker,
-        fit_multi_worker,
-        is_chief,
-        is_multi_worker,
-        make_strategy,
-        predict_locally,
-        strategy_name,
-        weights_sha256,
-    )
-
-    keras.utils.set_random_seed(args.seed)
-    gpus = tf.config.list_physical_devices("GPU")
-    if args.mixed_precision:
-        if not gpus:
-            logger.warning("--mixed-precision without a GPU is slower on most CPUs")
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = make_strategy(args.distribute)
-    logger.info(
-        "devices: %s; strategy %s with %d replica(s)",
-        [d.name for d in gpus] or ["CPU"],
-        strategy_name(strategy),
-        strategy.num_replicas_in_sync,
-    )
-
-    global_batch = args.batch_size * strategy.num_replicas_in_sync
-    if isinstance(data, FolderData):
-        train_ds, val_ds, test_ds = folder_datasets(
-            data, args, batch_size=global_batch, image_size=input_shape[:2]
-        )
-    else:
-        train_ds = make_dataset(
-            data.train.images,
-            data.train.labels,
-            batch_size=global_batch,
-            shuffle=True,
-            augment=args.augment,
-            seed=args.seed,
-            handwriting=args.handwriting_augment,
-        )
-        val_ds = make_dataset(
-            data.val.images,
-            data.val.labels,
-            batch_size=global_batch,
-            shuffle=False,
-            augment=False,
-            seed=args.seed,
-        )
-        test_ds = make_dataset(
-            data.test.images,
-            data.test.labels,
-            batch_size=global_batch,
-            shuffle=False,
-            augment=False,
-            seed=args.seed,
-        )
-    weights = None
-    if args.class_weight == "balanced":
-        from training.data import class_weights
-
-        if is_multi_worker(strategy):  # its custom training loop takes (x, y) batches only
-            raise UserError("--class-weight balanced does not work with --distribute multi-worker")
-
-        weights = class_weights(data.train.labels, len(data.class_names))
-        logger.info(
-            "class weights (balanced): %s",
-            {data.class_names[c]: round(w, 4) for c, w in weights.items()},
-        )
-        train_ds = with_class_weights(train_ds, weights)
-
-    with strategy.scope():
-        model = build(
-            args.arch,
-            input_shape,
-            len(data.class_names),
-            normalize_digits=args.normalize_digits,
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(args.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=args.jit,
-        )
-    callbacks = make_callbacks(run_dir, args)
-    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
-
-    multi_worker = is_multi_worker(strategy)
-    if multi_worker:
-        history = fit_multi_worker(
-            model,
-            strategy,
-            train_ds,
-            val_ds,
-            epochs=args.epochs,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-    else:
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=args.epochs,
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=verbose,
-        ).history  # tf.data shuffles
-    epochs_run = len(history.get("loss", []))
-    train_seconds = time.monotonic() - started
-
-    # Equal on every worker of a synchronous run: compare the lines to prove it.
-    logger.info("final weights sha256 %s", weights_sha256(model))
-
-    if multi_worker:  # Keras 3's evaluate fails under MultiWorkerMirroredStrategy, as fit does
-        val_loss, val_acc = evaluate_multi_worker(model, strategy, val_ds)
-        test_loss, test_acc = evaluate_multi_worker(model, strategy, test_ds)
-        probabilities = predict_locally(model, test_ds)
-    else:
-        val_loss, val_acc = model.evaluate(val_ds, verbose=0)
-        test_loss, test_acc = model.evaluate(test_ds, verbose=0)
-        probabilities = model.predict(test_ds, verbose=0)
+def evaluate(loaded: Loaded, compiled: Compiled, datasets: Datasets) -> Evaluation:
+    """Loss and accuracy on the validation and test splits, and the test predictions."""
+    val_loss, val_accuracy = compiled.loop.evaluate(datasets.val)
+    test_loss, test_accuracy = compiled.loop.evaluate(datasets.test)
+    probabilities = compiled.loop.predict(datasets.test)
     y_pred = np.argmax(probabilities, axis=-1)
-    y_true = decoded_labels(data, "test")
-    metrics = {
-        "val_accuracy": float(val_acc),
-        "val_loss": float(val_loss),
-        "test_accuracy": float(test_acc),
-        "test_loss": float(test_loss),
-    }
-
-    if not is_chief(strategy):
-        logger.info("worker done (test accuracy %.4f); the chief publishes", test_acc)
-        # TF's multi-worker guide has every worker save, because saving may read SyncOnRead
-        # variables collectively. Our models hold only mirrored variables (a chief-only export
-        # works), but the throw-away copy keeps that safe for any model.
-        with tempfile.TemporaryDirectory() as scratch:
-            _export_with_explain(model, Path(scratch) / "model")
-        return 0
-
-    if data.skipped_files:
-        logger.warning("skipped %d unreadable file(s) in %s", data.skipped_files, data.source)
-
-    from training.export import publish
-    from training.metadata import InputSpec
-    from training.reports import write_report
-
-    def write_artifacts(tmp: Path) -> list[str]:
-        endpoints = _export_with_explain(model, tmp)
-        write_report(
-            tmp / "report",
-            history=history,
-            y_true=y_true,
-            y_pred=y_pred,
-            class_names=data.class_names,
-            first_conv_kernels=first_conv_kernels(model),
-        )
-        return endpoints
-
-    config = {
-        key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
-    }
-    version, path = publish(
-        models_dir=args.models_dir,
-        name=model_name,
-        write_artifacts=write_artifacts,
-        input_spec=InputSpec(
-            height=input_shape[0],
-            width=input_shape[1],
-            channels=1 if input_shape[2] == 1 else 3,
-            color_mode="grayscale" if input_shape[2] == 1 else "rgb",
-        ),
-        class_names=data.class_names,
-        arch=args.arch,
-        parameter_count=int(model.count_params()),
-        training={
-            **config,
-            "epochs_run": epochs_run,
-            "train_seconds": round(train_seconds, 2),
-            "examples": {
-                split: int(decoded_labels(data, split).size) for split in ("train", "val", "test")
-            },
-            "skipped_files": data.skipped_files,
-            "data": data_summary(data, input_shape, args, weights).model_dump(),
-            "strategy": strategy_name(strategy),
-            "replicas": strategy.num_replicas_in_sync,
-            "devices": [d.name for d in gpus] or ["CPU"],
-            "tensorflow": tf.__version__,
-            "keras": keras.__version__,
-            "data_source": data.source,
-        },
-        data_fingerprint=data.fingerprint,
-        metrics=metrics,
+    # After the test pass: only then is every file that fails to decode known.
+    y_true = decoded_labels(loaded.data, "test")
+    return Evaluation(
+        val_loss=float(val_loss),
+        val_accuracy=float(val_accuracy),
+        test_loss=float(test_loss),
+        test_accuracy=float(test_accuracy),
+        y_true=y_true,
+        y_pred=y_pred,
     )
-    total = time.monotonic() - started
-    print(
-        f"published {path} (version {version}): test accuracy {test_acc:.4f}, "
-        f"val accuracy {val_acc:.4f}, {epochs_run} epochs, {total:.0f} s"
-    )
-    return 0
 
 
 def decoded_labels(data: ImageData | FolderData, split: str) -> np.ndarray:
@@ -648,14 +582,149 @@ def decoded_labels(data: ImageData | FolderData, split: str) -> np.ndarray:
     return np.asarray(part.labels)[keep]
 
 
+# -- publish ------------------------------------------------------------------------------
+
+
+def publish_run(
+    args: argparse.Namespace,
+    loaded: Loaded,
+    devices: Devices,
+    datasets: Datasets,
+    compiled: Compiled,
+    fitted: Fitted,
+    evaluation: Evaluation,
+    *,
+    started: float,
+) -> None:
+    """The chief publishes the next version (SavedModel, report, metadata.json last) and
+    prints one line; any other worker only exports a throw-away copy."""
+    from training.distribute import is_chief
+    from training.export import publish
+
+    model, data = compiled.model, loaded.data
+    if not is_chief(devices.strategy):
+        logger.info(
+            "worker done (test accuracy %.4f); the chief publishes", evaluation.test_accuracy
+        )
+        # TF's multi-worker guide has every worker save, because saving may read SyncOnRead
+        # variables collectively. Our models hold only mirrored variables (a chief-only export
+        # works), but the throw-away copy keeps that safe for any model.
+        with tempfile.TemporaryDirectory() as scratch:
+            _export_with_explain(model, Path(scratch) / "model")
+        return
+    if data.skipped_files:
+        logger.warning("skipped %d unreadable file(s) in %s", data.skipped_files, data.source)
+
+    version, path = publish(
+        models_dir=args.models_dir,
+        name=loaded.model_name,
+        write_artifacts=lambda tmp: write_artifacts(tmp, model, data, fitted, evaluation),
+        input_spec=input_spec(loaded.input_shape),
+        class_names=data.class_names,
+        arch=args.arch,
+        parameter_count=int(model.count_params()),
+        training=training_metadata(args, loaded, devices, fitted, datasets.class_weights),
+        data_fingerprint=data.fingerprint,
+        metrics=evaluation.metrics,
+    )
+    total = time.monotonic() - started
+    print(
+        f"published {path} (version {version}): test accuracy {evaluation.test_accuracy:.4f}, "
+        f"val accuracy {evaluation.val_accuracy:.4f}, {fitted.epochs_run} epochs, {total:.0f} s"
+    )
+
+
+def write_artifacts(
+    tmp: Path, model: Any, data: ImageData | FolderData, fitted: Fitted, evaluation: Evaluation
+) -> list[str]:
+    """Everything of a version but metadata.json into ``tmp``: the SavedModel (its endpoints
+    returned) and the report."""
+    from training.reports import write_report
+
+    endpoints = _export_with_explain(model, tmp)
+    write_report(
+        tmp / REPORT_DIR,
+        history=fitted.history,
+        y_true=evaluation.y_true,
+        y_pred=evaluation.y_pred,
+        class_names=data.class_names,
+        first_conv_kernels=first_conv_kernels(model),
+    )
+    return endpoints
+
+
+def _export_with_explain(model: Any, path: Path) -> list[str]:
+    """SavedModel with ``serve`` (first: ``serving_default``) plus the explanation endpoints."""
+    from training.explain import EXPLAIN_ENDPOINTS
+    from training.export import export_saved_model
+
+    return export_saved_model(model, path, extra_endpoints=list(EXPLAIN_ENDPOINTS))
+
+
+def first_conv_kernels(model: Any) -> np.ndarray | None:
+    """The first Conv2D layer's kernel, float32 ``(f, f, channels in, filters)``, for the
+    report's filter picture; None without a Conv2D layer."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            return np.asarray(layer.kernel.numpy(), dtype=np.float32)
+    return None
+
+
+def input_spec(input_shape: tuple[int, int, int]) -> InputSpec:
+    """metadata.json's ``input``: the network's (height, width) in pixels and color mode."""
+    from contract.metadata import InputSpec
+
+    return InputSpec(
+        height=input_shape[0],
+        width=input_shape[1],
+        channels=1 if input_shape[2] == 1 else 3,
+        color_mode="grayscale" if input_shape[2] == 1 else "rgb",
+    )
+
+
+def training_metadata(
+    args: argparse.Namespace,
+    loaded: Loaded,
+    devices: Devices,
+    fitted: Fitted,
+    weights: dict[int, float] | None,
+) -> dict[str, Any]:
+    """metadata.json's ``training``: every flag as resolved, then what the run measured."""
+    import keras
+    import tensorflow as tf
+
+    from training.distribute import strategy_name
+
+    data = loaded.data
+    config = {
+        key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
+    }
+    return {
+        **config,
+        "epochs_run": fitted.epochs_run,
+        "train_seconds": round(fitted.train_seconds, 2),
+        "examples": {split: int(decoded_labels(data, split).size) for split in SPLITS},
+        "skipped_files": data.skipped_files,
+        "data": data_summary(data, loaded.input_shape, args, weights).model_dump(),
+        "strategy": strategy_name(devices.strategy),
+        "replicas": devices.strategy.num_replicas_in_sync,
+        "devices": devices.names,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "data_source": data.source,
+    }
+
+
 def data_summary(
     data: ImageData | FolderData,
     input_shape: tuple[int, int, int],
     args: argparse.Namespace,
     weights: dict[int, float] | None,
 ) -> Any:
-    """The metadata's :class:`training.metadata.DataSummary` of this run."""
-    from training.metadata import DataSummary
+    """The metadata's :class:`contract.metadata.DataSummary` of this run."""
+    from contract.metadata import DataSummary
 
     if isinstance(data, FolderData):
         counts = data.class_counts
@@ -683,62 +752,12 @@ def data_summary(
     )
 
 
-def _export_with_explain(model: Any, path: Path) -> list[str]:
-    """SavedModel with ``serve`` (first: ``serving_default``) plus the explanation endpoints."""
-    from training.explain import EXPLAIN_ENDPOINTS
-    from training.export import export_saved_model
-
-    return export_saved_model(model, path, extra_endpoints=list(EXPLAIN_ENDPOINTS))
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """The mistakes found without TensorFlow, so that they are reported at once (its import
-    takes seconds). ``--arch`` and the number formats are checked by the parser itself."""
-    if args.data is not None:
-        if not args.data.exists():
-            raise UserError(f"data folder {args.data} does not exist")
-        if not args.data.is_dir():
-            raise UserError(
-                f"{args.data} is not a folder; --data expects a folder of class sub-folders"
-            )
-    if args.distribute == "multi-worker":
-        from training.distribute import check_tf_config
-
-        check_tf_config(os.environ.get("TF_CONFIG"))
-
-
-@contextlib.contextmanager
-def _stderr_silenced() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null (C++ code writes there, not to ``sys.stderr``)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def import_tensorflow(*, show_log: bool) -> None:
-    """Import TensorFlow and Keras, without their C++ start-up lines unless ``show_log``.
-
-    ``TF_CPP_MIN_LOG_LEVEL`` (set to 3 here unless the user set it) filters what TensorFlow logs
-    once running, such as ``failed call to cuInit`` on a machine without a GPU. The lines its
-    libraries print while loading (``Could not find cuda drivers...``, absl's ``All log messages
-    before absl::InitializeLog()...``) come before that setting is read, so the import itself
-    runs with file descriptor 2 pointed at /dev/null whenever the level hides anything.
-    """
-    if not show_log:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip()
-    quiet = level not in ("", "0") and "tensorflow" not in sys.modules
-    with _stderr_silenced() if quiet else contextlib.nullcontext():
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+    """Import TensorFlow and Keras, without their C++ start-up lines unless ``show_log``
+    (:mod:`contract.tf_log`, the same filter the service uses)."""
+    quiet_tensorflow(show_log=show_log)
+    import_filtered("tensorflow")
+    import_filtered("keras")
     if not show_log:
         from absl import logging as absl_logging
 

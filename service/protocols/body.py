@@ -6,8 +6,8 @@ import json
 
 from starlette.requests import Request
 
-from service.errors import ClientError
-from service.uploads import UploadLimits, read_body
+from service.http.errors import ClientError
+from service.http.uploads import UploadLimits, read_body
 
 
 async def read_protocol_body(request: Request, limits: UploadLimits) -> bytes:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import ClientError
-from service.uploads import Upload
+from service.serving.decode_step import Upload
+from service.serving.errors import InvalidInput, PayloadTooLarge
 
 #: Pixel values a model takes: 0..255 (what decoding an 8-bit image gives).
 PIXEL_MIN, PIXEL_MAX = 0.0, 255.0
@@ -34,19 +34,17 @@ class ImagesInput:
         return len(self.pixels if self.pixels is not None else self.encoded or [])
 
 
-def bad_input(message: str) -> ClientError:
-    return ClientError(400, message, reason="bad_request")
+def bad_input(message: str) -> InvalidInput:
+    return InvalidInput(message)
 
 
 def check_count(count: int, max_images: int) -> None:
     if count == 0:
         raise bad_input("no images in the request: send at least one")
     if count > max_images:
-        raise ClientError(
-            400,
+        raise bad_input(
             f"{count} images in one request; this service takes at most {max_images} "
-            "(the IMGCLS_MAX_IMAGES_PER_REQUEST setting raises it)",
-            reason="bad_request",
+            "(the IMGCLS_MAX_IMAGES_PER_REQUEST setting raises it)"
         )
 
 
@@ -85,11 +83,9 @@ def pixel_batch(
     if height < 1 or width < 1:
         raise bad_input(f"{what}: an image needs at least one pixel, got {height}x{width}")
     if height * width > max_pixels:
-        raise ClientError(
-            413,
+        raise PayloadTooLarge(
             f"{what}: {height}x{width} = {height * width} pixels per image; the limit is "
-            f"{max_pixels} (IMGCLS_MAX_PIXELS)",
-            reason="too_large",
+            f"{max_pixels} (IMGCLS_MAX_PIXELS)"
         )
     if not np.isfinite(array).all() or array.min() < PIXEL_MIN or array.max() > PIXEL_MAX:
         raise bad_input(f"{what}: pixel values must be finite numbers from 0 to 255")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from service.model_store import LoadedModel, VersionStatus
+from contract.names import SERVE_INPUT_NAME, SERVE_OUTPUT_NAME
 from service.protocols.tensors import (
     ImagesInput,
     b64_image,
@@ -24,8 +24,8 @@ from service.protocols.tensors import (
     check_count,
     pixel_batch,
 )
-from service.uploads import Upload
-from training.metadata import SERVE_INPUT_NAME, SERVE_OUTPUT_NAME
+from service.serving.decode_step import Upload
+from service.serving.model_store import LoadedModel, VersionStatus
 
 SIGNATURE_NAMES = ("serving_default", "serve")
 PREDICT_METHOD = "tensorflow/serving/predict"

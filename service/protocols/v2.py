@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.model_store import LoadedModel
+from contract.names import SERVE_INPUT_NAME, SERVE_OUTPUT_NAME
 from service.protocols.tensors import (
     ImagesInput,
     b64_image,
@@ -26,8 +26,8 @@ from service.protocols.tensors import (
     check_count,
     pixel_batch,
 )
-from service.uploads import Upload
-from training.metadata import SERVE_INPUT_NAME, SERVE_OUTPUT_NAME
+from service.serving.decode_step import Upload
+from service.serving.model_store import LoadedModel
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_INPUT_NAME = "image_bytes"

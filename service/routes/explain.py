@@ -14,25 +14,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service import pipeline
-from service.auth import check_api_key
-from service.deps import get_state
-from service.disconnect import unless_disconnected
-from service.errors import ClientError
-from service.explain import GRADCAM_ENDPOINT, ExplainBusyError, ExplainRunner, explain_image
-from service.inference import model_ref
-from service.model_store import LoadedModel
+from contract.names import GRADCAM_ENDPOINT
+from service import dataplane
+from service.deps import State
+from service.http.auth import check_api_key
+from service.http.disconnect import unless_disconnected
+from service.http.errors import ClientError
+from service.http.uploads import FIELD_NAME, read_uploads
+from service.serving.explain import ExplainBusyError, ExplainRunner, explain_image
+from service.serving.inference import model_ref
+from service.serving.model_store import LoadedModel
 from service.state import ServiceState
-from service.uploads import FIELD_NAME, read_uploads
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["inference"])
-State = Annotated[ServiceState, Depends(get_state)]
 
 #: Key of the per-app :class:`ExplainRunner` in ``ServiceState.extras`` (made on first use).
 RUNNER_KEY = "explain_runner"
@@ -106,15 +106,15 @@ async def explain(request: Request, state: State) -> JSONResponse:
     conv layer's resolution) for the top class or ``label``, and the first layers' feature maps."""
     started = time.perf_counter()
     check_api_key(request, state.settings.api_keys)
-    k = pipeline.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
+    k = dataplane.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
     params = request.query_params
-    _, model = pipeline.choose_model(
+    _, model = dataplane.choose_model(
         state,
         params.get("model") or None,
         version=params.get("version") or None,
         label=params.get("version_label") or None,
     )
-    pipeline.record_model(request, model)
+    dataplane.record_model(request, model)
     if not model.has_endpoint(GRADCAM_ENDPOINT):
         raise ClientError(
             409,
@@ -130,7 +130,7 @@ async def explain(request: Request, state: State) -> JSONResponse:
             "send one request per image (/predict takes several)",
             reason="bad_request",
         )
-    (image,) = await pipeline.decode_uploads(state, uploads, model)
+    (image,) = await dataplane.decode_uploads(state, uploads, model)
     retry = {"Retry-After": str(state.settings.retry_after_s)}
     try:
         # A client that hangs up while waiting gives its place back (a running job finishes).

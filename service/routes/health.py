@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from service.deps import get_state
-from service.inference import model_ref
-from service.state import ServiceState
+from service.deps import State
+from service.serving.inference import model_ref
 
 router = APIRouter(tags=["health"])
-State = Annotated[ServiceState, Depends(get_state)]
 
 
 @router.get("/healthz", summary="200 while the process lives")

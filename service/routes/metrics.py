@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.deps import get_state
-from service.errors import ClientError
+from service.deps import State
+from service.http.errors import ClientError
 from service.metrics import CONTENT_TYPE
-from service.state import ServiceState
 
 router = APIRouter(tags=["monitoring"])
-State = Annotated[ServiceState, Depends(get_state)]
 
 
 @router.get(

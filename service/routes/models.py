@@ -8,17 +8,15 @@ The top-level ``name``, ``serving`` and ``versions`` keys describe the default m
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from service.deps import get_state
-from service.repository import ServedModel
-from service.serving_config import CONFIG_FILE
-from service.state import ServiceState
+from service.deps import State
+from service.serving.config import CONFIG_FILE
+from service.serving.repository import ServedModel
 
 router = APIRouter(tags=["models"])
-State = Annotated[ServiceState, Depends(get_state)]
 
 
 def describe_model(served: ServedModel) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.errors import ClientError
+from service.http.errors import ClientError
 
 router = APIRouter(tags=["page"])
 

@@ -13,12 +13,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service import pipeline
-from service.auth import check_api_key
-from service.direct_route import DirectRoute
-from service.inference import model_ref, top_k
+from service import dataplane
+from service.deps import state_of
+from service.http.auth import check_api_key
+from service.http.direct_route import DirectRoute
+from service.http.uploads import FIELD_NAME, read_uploads
+from service.serving.inference import model_ref, top_k
 from service.state import ServiceState
-from service.uploads import FIELD_NAME, read_uploads
 
 # DirectRoute: the endpoints read the request themselves; FastAPI's parameter handling would
 # only cost time on the hot path.
@@ -58,11 +59,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.service
-    return state
-
-
 async def _predict(
     request: Request,
     state: ServiceState,
@@ -71,11 +67,11 @@ async def _predict(
     label: str | None = None,
 ) -> JSONResponse:
     check_api_key(request, state.settings.api_keys)
-    k = pipeline.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
-    served, model = pipeline.choose_model(state, name, version=version, label=label)
+    k = dataplane.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
+    served, model = dataplane.choose_model(state, name, version=version, label=label)
     uploads = await read_uploads(request, state.upload_limits)
-    images = await pipeline.decode_uploads(state, uploads, model)
-    predictions = await pipeline.predict(request, state, served, model, images)
+    images = await dataplane.decode_uploads(state, uploads, model)
+    predictions = await dataplane.predict(request, state, served, model, images)
     class_names = model.metadata.class_names
     results = [
         {"filename": upload.filename, "predictions": top_k(p.probabilities, class_names, k)}
@@ -92,7 +88,7 @@ async def _predict(
 )
 async def predict(request: Request) -> JSONResponse:
     """Top-k classes (at most every class) for each uploaded image, in request order."""
-    return await _predict(request, _state(request))
+    return await _predict(request, state_of(request))
 
 
 @router.post(
@@ -102,7 +98,7 @@ async def predict(request: Request) -> JSONResponse:
     responses=_RESPONSES,
 )
 async def predict_model(name: str, request: Request) -> JSONResponse:
-    return await _predict(request, _state(request), name)
+    return await _predict(request, state_of(request), name)
 
 
 @router.post(
@@ -112,7 +108,7 @@ async def predict_model(name: str, request: Request) -> JSONResponse:
     responses=_RESPONSES,
 )
 async def predict_version(name: str, version: str, request: Request) -> JSONResponse:
-    return await _predict(request, _state(request), name, version=version)
+    return await _predict(request, state_of(request), name, version=version)
 
 
 @router.post(
@@ -122,4 +118,4 @@ async def predict_version(name: str, version: str, request: Request) -> JSONResp
     responses=_RESPONSES,
 )
 async def predict_label(name: str, label: str, request: Request) -> JSONResponse:
-    return await _predict(request, _state(request), name, label=label)
+    return await _predict(request, state_of(request), name, label=label)

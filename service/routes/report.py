@@ -10,27 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.deps import get_state
-from service.errors import ClientError
+from contract.names import REPORT_DIR, REPORT_FILES
+from service.deps import State
+from service.http.errors import ClientError
 from service.state import ServiceState
 
 router = APIRouter(tags=["models"])
-State = Annotated[ServiceState, Depends(get_state)]
 
-REPORT_DIR = "report"
 #: The files training/reports.py writes, with their media types; nothing else is served.
-REPORT_FILES = {
-    "curves.png": "image/png",
-    "confusion_matrix.png": "image/png",
-    "confusion_matrix.json": "application/json",
-    "per_class.json": "application/json",
-    "filters.png": "image/png",
-}
 
 
 def report_path(state: ServiceState, name: str, version: str, file: str) -> Path:

@@ -4,21 +4,18 @@ Wire format in ``service.protocols.tfserving``."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service import pipeline
-from service.auth import check_api_key
-from service.deps import get_state
-from service.errors import ClientError
+from service import dataplane
+from service.deps import State
+from service.http.auth import check_api_key
+from service.http.errors import ClientError
 from service.protocols import tfserving
 from service.protocols.body import parse_json, read_protocol_body
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"])
-State = Annotated[ServiceState, Depends(get_state)]
 
 #: Answer header naming the version that computed a prediction (a canary, say).
 VERSION_HEADER = "X-Model-Version"
@@ -32,15 +29,15 @@ async def _predict(
     label: str | None = None,
 ) -> JSONResponse:
     check_api_key(request, state.settings.api_keys)
-    served, model = pipeline.choose_model(state, name, version=version, label=label)
+    served, model = dataplane.choose_model(state, name, version=version, label=label)
     body = parse_json(await read_protocol_body(request, state.upload_limits))
     images_input, columnar = tfserving.parse_predict(
         body,
         max_images=state.settings.max_images_per_request,
         max_pixels=state.settings.max_pixels,
     )
-    images = await pipeline.tensor_images(state, images_input, model)
-    predictions = await pipeline.predict(request, state, served, model, images)
+    images = await dataplane.tensor_images(state, images_input, model)
+    predictions = await dataplane.predict(request, state, served, model, images)
     return JSONResponse(
         tfserving.predict_answer([p.probabilities for p in predictions], columnar),
         headers={VERSION_HEADER: str(model.version)},
@@ -92,13 +89,13 @@ async def status_version(name: str, version: str, state: State) -> dict[str, obj
 
 @router.get("/{name}/labels/{label}", summary="TF Serving model status, a labelled version")
 async def status_label(name: str, label: str, state: State) -> dict[str, object]:
-    _, model = pipeline.choose_model(state, name, label=label)
+    _, model = dataplane.choose_model(state, name, label=label)
     return _status(state, name, model.version)
 
 
 @router.get("/{name}/metadata", summary="TF Serving model metadata (signature)")
 async def metadata(name: str, state: State) -> dict[str, object]:
-    served, _ = pipeline.choose_model(state, name)
+    served, _ = dataplane.choose_model(state, name)
     model = served.default_version()
     assert model is not None  # choose_model answered 503 otherwise
     return tfserving.metadata(model)
@@ -106,11 +103,11 @@ async def metadata(name: str, state: State) -> dict[str, object]:
 
 @router.get("/{name}/versions/{version}/metadata", summary="TF Serving metadata, one version")
 async def metadata_version(name: str, version: str, state: State) -> dict[str, object]:
-    _, model = pipeline.choose_model(state, name, version=version)
+    _, model = dataplane.choose_model(state, name, version=version)
     return tfserving.metadata(model)
 
 
 @router.get("/{name}/labels/{label}/metadata", summary="TF Serving metadata, a labelled version")
 async def metadata_label(name: str, label: str, state: State) -> dict[str, object]:
-    _, model = pipeline.choose_model(state, name, label=label)
+    _, model = dataplane.choose_model(state, name, label=label)
     return tfserving.metadata(model)

@@ -6,21 +6,20 @@ batcher, limits, metrics and API keys as ``/predict``; wire format in ``service.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service import pipeline
-from service.auth import check_api_key
-from service.deps import get_state
+from service import dataplane
+from service.deps import State
+from service.http.auth import check_api_key
 from service.protocols import v2
 from service.protocols.body import parse_json, read_protocol_body
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
-State = Annotated[ServiceState, Depends(get_state)]
 
 SERVER_NAME = "imgcls"
 SERVER_VERSION = "0.1.0"
@@ -43,7 +42,7 @@ async def ready(state: State) -> JSONResponse:
 
 
 def _metadata(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
-    served, model = pipeline.choose_model(state, name, version=version)
+    served, model = dataplane.choose_model(state, name, version=version)
     if version is None:
         model = served.default_version() or model
     return v2.model_metadata(name, list(served.store.served), model)
@@ -84,7 +83,7 @@ async def _infer(
     request: Request, state: ServiceState, name: str, version: str | None = None
 ) -> Response:
     check_api_key(request, state.settings.api_keys)
-    served, model = pipeline.choose_model(state, name, version=version)
+    served, model = dataplane.choose_model(state, name, version=version)
     body = await read_protocol_body(request, state.upload_limits)
     json_part, binary = v2.split_body(body, request.headers.get(v2.HEADER_LENGTH))
     infer_request = v2.parse_infer(
@@ -93,8 +92,8 @@ async def _infer(
         max_images=state.settings.max_images_per_request,
         max_pixels=state.settings.max_pixels,
     )
-    images = await pipeline.tensor_images(state, infer_request.images, model)
-    predictions = await pipeline.predict(request, state, served, model, images)
+    images = await dataplane.tensor_images(state, infer_request.images, model)
+    predictions = await dataplane.predict(request, state, served, model, images)
     answer, tail = v2.infer_answer(
         infer_request, model, np.stack([p.probabilities for p in predictions])
     )

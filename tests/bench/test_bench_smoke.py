@@ -20,7 +20,7 @@ import pytest
 
 from bench import budget, loadgen, photos, report
 from bench.loadgen import LevelResult
-from tests.conftest import missing_tool
+from tests.helpers.processes import missing_tool
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -54,11 +54,15 @@ def test_budget_rows_go_to_the_innermost_known_frame() -> None:
     assert budget.classify(loop_root) == budget.LOOP
     assert budget.classify(app) == budget.FRAMEWORK
     assert budget.classify([*route, frame("load", "/s/PIL/ImageFile.py")]) == budget.DECODE
-    top_k = frame("top_k.<locals>.<listcomp>", "/r/service/inference.py")
+    top_k = frame("top_k.<locals>.<listcomp>", "/r/service/serving/inference.py")
     assert budget.classify([*route, top_k]) == budget.JSON
-    submit = [*route, frame("submit", "/r/service/batching.py"), frame("x", "/a/asyncio/q.py")]
+    submit = [
+        *route,
+        frame("submit", "/r/service/serving/batching.py"),
+        frame("x", "/a/asyncio/q.py"),
+    ]
     assert budget.classify(submit) == budget.QUEUE
-    watcher = [*loop_root, frame("_wait_for_disconnect", "/r/service/disconnect.py")]
+    watcher = [*loop_root, frame("_wait_for_disconnect", "/r/service/http/disconnect.py")]
     receive = frame("receive", "/s/uvicorn/protocols/http/httptools_impl.py")
     assert budget.classify([*watcher, receive]) == budget.DISCONNECT
     assert budget.classify([*route, frame("inc", "/s/prometheus_client/m.py")]) == budget.METRICS

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, metric_value
+from tests.helpers.images import gray_png
+from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
 
 pytestmark = pytest.mark.e2e
@@ -28,13 +29,7 @@ def digits() -> dict[int, bytes]:
     """One held-out digit per class as PNG bytes (28x28, grey)."""
     test = load_digits_data(0.1).test
     images, labels = test.images[..., 0], test.labels
-    return {d: png(images[int(np.flatnonzero(labels == d)[0])]) for d in range(10)}
-
-
-def png(gray: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(gray, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return {d: gray_png(images[int(np.flatnonzero(labels == d)[0])]) for d in range(10)}
 
 
 def decode_png(data_b64: str) -> Image.Image:
@@ -162,7 +157,7 @@ def test_heatmap_peak_follows_a_digit_in_the_top_left_corner_through_the_service
         for digit in (0, 4, 7):
             canvas = np.zeros((56, 56), dtype=np.uint8)
             canvas[:28, :28] = images[int(np.flatnonzero(labels == digit)[0])]
-            response = explain(client, png(canvas))
+            response = explain(client, gray_png(canvas))
             assert response.status_code == 200, response.text
             grid = np.array(response.json()["gradcam"]["values"])
             row, col = np.unravel_index(int(grid.argmax()), grid.shape)
@@ -173,9 +168,9 @@ def test_heatmap_peak_follows_a_digit_in_the_top_left_corner_through_the_service
 def publish_without_explanations(models_dir: Path) -> int:
     """Publish digits version 2 the way releases before explanations did: ``serve`` only
     (an untrained model: only the endpoints matter here)."""
+    from contract.metadata import read_metadata
     from training.architectures import build
     from training.export import export_saved_model, publish
-    from training.metadata import read_metadata
 
     meta = read_metadata(models_dir / "digits" / "1")
     model = build("simple", (28, 28, 1), 10)

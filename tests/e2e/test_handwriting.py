@@ -22,7 +22,7 @@ from bench.handwriting import (
     condition_images,
     held_out_digits,
 )
-from tests.conftest import Server
+from tests.helpers.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import threading
@@ -11,20 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
-from tests.conftest import metric_value, republish
-from training.data import digit_images
+from tests.helpers.images import digit_png
+from tests.helpers.models import republish
+from tests.helpers.servers import metric_value
 
 pytestmark = pytest.mark.e2e
 POLL_INTERVAL_S = 0.5
-
-
-def digit_png() -> bytes:
-    images, _ = digit_images()
-    buffer = io.BytesIO()
-    Image.fromarray(images[0]).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 class Stream:

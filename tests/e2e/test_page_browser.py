@@ -5,87 +5,26 @@ digit on the canvas (with the mouse, then with the keyboard) and gets prediction
 ``detail``, loads the training report, fits a phone screen, and proves that no request left
 127.0.0.1. Screenshots go to ``test-artifacts/``.
 
-Needs Playwright for Python and Debian's Chromium (``make test`` installs both; never
-``playwright install``). Missing either: skipped, or FAILED when ``CI=true``.
+Needs Playwright for Python and Debian's Chromium (the ``browser`` fixture of
+tests/e2e/conftest.py). Missing either: skipped, or FAILED when ``CI=true``.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, Server, missing_tool
+from tests.helpers.browser import ARTIFACTS, RequestLog, wait_for_cards
+from tests.helpers.servers import Server
 from training.data import load_digits_data
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = os.environ.get("IMGCLS_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-TIMEOUT_MS = 30_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing_tool("Playwright for Python is not installed: pip install -e '.[dev]'")
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        missing_tool(f"no Chromium at {CHROMIUM}: apt-get install chromium")
-    with sync_playwright() as playwright:
-        # --no-sandbox: the tests run as root in containers, where Chromium's sandbox can't start.
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
-        )
-        yield instance
-        instance.close()
-
-
-class RequestLog:
-    """Every URL the page asks for; anything not on the server's origin is aborted."""
-
-    def __init__(self, origin: str) -> None:
-        self.origin = origin
-        self.urls: list[str] = []
-
-    def handle(self, route: Any) -> None:
-        url = route.request.url
-        self.urls.append(url)
-        if self.is_local(url):
-            route.continue_()
-        else:
-            route.abort()
-
-    def is_local(self, url: str) -> bool:
-        parts = urlsplit(url)
-        if parts.scheme in ("data", "blob"):
-            return True
-        return parts.hostname == "127.0.0.1" and f"{parts.scheme}://{parts.netloc}" == self.origin
-
-    def outside(self) -> list[str]:
-        return [url for url in self.urls if not self.is_local(url)]
-
-
-@pytest.fixture()
-def page(browser: Any, server: Server) -> Iterator[tuple[Any, RequestLog]]:
-    log = RequestLog(server.url)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    context.route("**/*", log.handle)
-    page = context.new_page()
-    page.on("request", lambda request: log.urls.append(request.url))
-    yield page, log
-    context.close()
 
 
 def held_out_digit(server: Server, digit: int, path: Path) -> Path:
@@ -103,15 +42,6 @@ def held_out_digit(server: Server, digit: int, path: Path) -> Path:
             path.write_bytes(buffer.getvalue())
             return path
     raise AssertionError(f"the model gets no held-out {digit} right")
-
-
-def wait_for_cards(page: Any, count: int) -> Any:
-    page.wait_for_function(
-        "n => document.querySelectorAll('.result[data-state=done], .result[data-state=error]')"
-        ".length >= n",
-        arg=count,
-    )
-    return page.locator(".result")
 
 
 def test_page_classifies_and_explains_uploads_and_drawings_offline(

@@ -3,7 +3,7 @@ with its versions and labels, and classifies with the model and version the user
 
 Repository: digits 1 and 2 (``stable: 1``, ``canary: 2`` with weight 0) and ``other`` (the same
 network with spelled-out class names, so an answer shows which model gave it). Same browser
-set-up as tests/e2e/test_page_browser.py (Debian's Chromium, no request leaves 127.0.0.1).
+set-up as tests/e2e/conftest.py (Debian's Chromium, no request leaves 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, republish, start_server, stop_server
-from tests.e2e.test_page_browser import TIMEOUT_MS, RequestLog, browser, wait_for_cards
+from tests.helpers.browser import TIMEOUT_MS, RequestLog, wait_for_cards
+from tests.helpers.models import republish
+from tests.helpers.servers import Server, start_server, stop_server
 from training.data import load_digits_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-__all__ = ["browser"]  # a fixture, imported so that pytest finds it here
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 CONFIG = """\

@@ -1,7 +1,7 @@
 """The page's paper mode in a real headless Chromium: dark ink on a white canvas is read like
 light ink on black, and the explanation shows what the network saw.
 
-Same browser set-up as tests/e2e/test_page_browser.py (Debian's Chromium, no request leaves
+Same browser set-up as tests/e2e/conftest.py (Debian's Chromium, no request leaves
 127.0.0.1); skipped without Playwright or Chromium, FAILED when ``CI=true``.
 """
 
@@ -12,12 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Server
-from tests.e2e.test_page_browser import RequestLog, browser, page, wait_for_cards
+from tests.helpers.browser import RequestLog, wait_for_cards
+from tests.helpers.servers import Server
 
 pytestmark = pytest.mark.e2e
-
-__all__ = ["browser", "page"]  # fixtures, imported so that pytest finds them here
 
 SEVEN = [(60, 50), (220, 50), (200, 90), (170, 150), (140, 210), (120, 250)]  # canvas pixels
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import Server
+from tests.helpers.servers import Server
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,6 @@ For the same held-out digits every protocol must return the probabilities ``/pre
 from __future__ import annotations
 
 import base64
-import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +21,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Server, republish, start_server, stop_server
+from tests.helpers.images import gray_png
+from tests.helpers.models import republish
+from tests.helpers.servers import Server, start_server, stop_server
 from training.data import load_digits_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -87,16 +87,10 @@ class Digits:
         self.gray = gray  # (N, 28, 28) uint8
         self.labels = labels
         self.rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)  # (N, 28, 28, 3)
-        self.pngs = [png(image) for image in gray]
+        self.pngs = [gray_png(image) for image in gray]
         self.b64 = [base64.b64encode(data).decode() for data in self.pngs]
         self.class_names: list[str] = []
         self.reference = np.zeros((len(gray), 0))
-
-
-def png(gray: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(gray).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ until ``GET /models`` shows it in force, so the tests do not depend on their ord
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import shutil
@@ -23,10 +22,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Server, metric_value, republish, start_server, stop_server
+from tests.helpers.images import gray_png
+from tests.helpers.models import republish
+from tests.helpers.servers import Server, metric_value, start_server, stop_server
 from training.data import load_digits_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -97,11 +97,7 @@ def http(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def digit_png() -> bytes:
     test = load_digits_data(0.1).test
-    buffer = io.BytesIO()
-    Image.fromarray(test.images[int(np.flatnonzero(test.labels == 7)[0]), ..., 0]).save(
-        buffer, "PNG"
-    )
-    return buffer.getvalue()
+    return gray_png(test.images[int(np.flatnonzero(test.labels == 7)[0]), ..., 0])
 
 
 def apply_config(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, metric_value
+from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
 
 pytestmark = pytest.mark.e2e

@@ -4,7 +4,6 @@ serves, answers are as accurate as one process's, and /metrics counts every requ
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,9 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import Server, metric_value
+from tests.helpers.images import gray_png
+from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -37,12 +36,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def png(gray: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(gray).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_two_workers_share_the_load_and_the_counts(
     server_factory: object, trained_repo: Path
 ) -> None:
@@ -51,7 +44,7 @@ def test_two_workers_share_the_load_and_the_counts(
     assert len(workers) == 2
     test = load_digits_data(0.1).test
     count = 240
-    bodies = [png(test.images[i % len(test.labels), ..., 0]) for i in range(count)]
+    bodies = [gray_png(test.images[i % len(test.labels), ..., 0]) for i in range(count)]
     labels = [str(test.labels[i % len(test.labels)]) for i in range(count)]
     before = {pid: cpu_s(pid) for pid in workers}
 
@@ -83,7 +76,7 @@ def test_auto_measures_the_default_model_then_runs_one_worker_per_cpu(
 ) -> None:
     """The small digits model is cheap per image: HTTP bounds throughput, so ``auto`` ends
     with one worker per usable CPU (at most 4), after the measuring worker has left."""
-    from service.supervisor import auto_workers, usable_cpus
+    from service.settings import auto_workers, usable_cpus
 
     srv: Server = server_factory(trained_repo, workers="auto")  # type: ignore[operator]
     cpus = auto_workers(usable_cpus())
@@ -95,7 +88,7 @@ def test_auto_measures_the_default_model_then_runs_one_worker_per_cpu(
     if expected > 1:
         assert "HTTP and decoding bound throughput" in srv.log()
     response = httpx.post(
-        srv.url + "/predict", files={"file": ("d.png", png(np.zeros((8, 8), np.uint8)))}
+        srv.url + "/predict", files={"file": ("d.png", gray_png(np.zeros((8, 8), np.uint8)))}
     )
     assert response.status_code == 200
 
@@ -105,13 +98,13 @@ def test_auto_without_a_model_starts_the_workers_at_once(
 ) -> None:
     """Started before the first training: nothing to measure, so ``auto`` does not wait for a
     model; the workers answer at once (503 saying how to train, until a version appears)."""
-    from service.supervisor import auto_workers, usable_cpus
+    from service.settings import auto_workers, usable_cpus
 
     empty = tmp_path / "models"
     empty.mkdir()
     srv: Server = server_factory(empty, wait_ready=False, workers="auto")  # type: ignore[operator]
     response = httpx.post(
-        srv.url + "/predict", files={"file": ("d.png", png(np.zeros((8, 8), np.uint8)))}
+        srv.url + "/predict", files={"file": ("d.png", gray_png(np.zeros((8, 8), np.uint8)))}
     )
     assert response.status_code == 503
     assert "train.py" in response.json()["detail"]

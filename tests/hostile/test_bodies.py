@@ -8,32 +8,12 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import Server
-from tests.hostile.conftest import MAX_IMAGES, MAX_UPLOAD_BYTES
-from tests.hostile.helpers import digit_label, digit_png, healthy
+from tests.helpers.clients import BOUNDARY, multipart, part
+from tests.helpers.hostile import MAX_IMAGES, MAX_UPLOAD_BYTES
+from tests.helpers.images import digit_label, digit_png
+from tests.helpers.servers import Server, healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
-
-BOUNDARY = "hostile-boundary-7d41"
-
-
-def part(name: str, data: bytes, filename: str | None = "d.png", **headers: str) -> bytes:
-    disposition = f'form-data; name="{name}"'
-    if filename is not None:
-        disposition += f'; filename="{filename}"'
-    lines = [f"Content-Disposition: {disposition}", "Content-Type: image/png"]
-    lines += [f"{key}: {value}" for key, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
-
-
-def multipart(
-    parts: list[bytes], boundary: str = BOUNDARY, preamble: bytes = b"", epilogue: bytes = b""
-) -> bytes:
-    dash = b"--" + boundary.encode()
-    body = preamble
-    for item in parts:
-        body += dash + b"\r\n" + item + b"\r\n"
-    return body + dash + b"--\r\n" + epilogue
 
 
 def post(server: Server, body: bytes, content_type: str, **params: str) -> httpx.Response:

@@ -15,23 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import Server
-from tests.hostile.conftest import (
+from tests.helpers.clients import RawResponse, http_head, parse_response, raw_request
+from tests.helpers.hostile import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
     MAX_CONNECTIONS,
     MAX_HEADER_BYTES,
     MAX_UPLOAD_BYTES,
 )
-from tests.hostile.helpers import (
-    RawResponse,
-    address,
-    digit_png,
-    healthy,
-    http_head,
-    parse_response,
-    raw_request,
-)
+from tests.helpers.images import digit_png
+from tests.helpers.servers import Server, address, healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

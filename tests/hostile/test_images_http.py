@@ -1,17 +1,15 @@
 """Odd, broken and hostile images through HTTP against a live server.
 
-service/images.py has unit tests for each rule; these prove the same answers reach a client
-(status, a detail that says what to fix), that nothing outside the five supported formats is
-decoded, that odd-but-valid images are classified, and that random or mutated bytes never
-produce a 5xx (Hypothesis, a bounded number of examples).
+contract/decoding has unit tests for each rule (tests/contract/decoding); these prove the same
+answers reach a client (status, a detail that says what to fix), that nothing outside the five
+supported formats is decoded, that odd-but-valid images are classified, and that random or
+mutated bytes never produce a 5xx (Hypothesis, a bounded number of examples).
 """
 
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 
 import httpx
 import numpy as np
@@ -20,48 +18,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import Server
-from tests.hostile.helpers import digit_label, digit_png, healthy
+from tests.helpers.images import (
+    REFUSED_BY_CONTENT,
+    digit_label,
+    digit_png,
+    gif_with_frames,
+    png_declaring,
+    png_with_text_bomb,
+    save,
+)
+from tests.helpers.servers import Server, healthy
 from training.data import digit_images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-
-def save(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))
-        + kind
-        + payload
-        + struct.pack(">I", zlib.crc32(kind + payload))
-    )
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
-
-
-def png_with_text_bomb() -> bytes:
-    """A 2 KB PNG whose zTXt chunk inflates to 64 MB."""
-    png = digit_png()
-    bomb = png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (64 << 20), 9))
-    return png[:33] + bomb + png[33:]  # right after IHDR
-
-
-def gif_with_frames(count: int) -> bytes:
-    frames = [Image.new("P", (8, 8), i % 256) for i in range(count)]
-    return save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=10)
 
 
 def post_image(
@@ -72,22 +41,6 @@ def post_image(
 
 def detail(response: httpx.Response) -> str:
     return str(response.json()["detail"])
-
-
-REFUSED_BY_CONTENT: dict[str, tuple[bytes, str]] = {
-    "text-as-png": (b"hello, not an image at all", "unrecognised bytes"),
-    "svg": (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
-    "pdf": (save(Image.new("RGB", (8, 8)), "PDF"), "PDF"),
-    "eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "PostScript"),
-    "tiff": (save(Image.new("RGB", (8, 8)), "TIFF"), "TIFF"),
-    "psd": (b"8BPS" + struct.pack(">H6sHIIHH", 1, b"\0" * 6, 3, 4, 4, 8, 3) + b"\0" * 62, "PSD"),
-    "fits": (b"SIMPLE  =                    T" + b" " * 2850, "FITS"),
-    "ico": (save(Image.new("RGB", (16, 16)), "ICO"), "ICO"),
-    "jpeg2000": (save(Image.new("RGB", (8, 8)), "JPEG2000"), "JPEG 2000"),
-    "ppm": (save(Image.new("RGB", (8, 8)), "PPM"), "Netpbm"),
-    "zip": (b"PK\x03\x04" + b"\0" * 100, "ZIP"),
-    "html": (b"<!DOCTYPE html><html><script>alert(1)</script></html>", "HTML"),
-}
 
 
 @pytest.mark.parametrize("name", list(REFUSED_BY_CONTENT))

@@ -12,16 +12,17 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server
-from tests.hostile.conftest import MAX_UPLOAD_BYTES
-from tests.hostile.helpers import digit_png, healthy, rss_bytes
-from tests.hostile.test_bodies import BOUNDARY, multipart, part
-from tests.hostile.test_images_http import (
+from tests.helpers.clients import BOUNDARY, multipart, part
+from tests.helpers.hostile import MAX_UPLOAD_BYTES
+from tests.helpers.images import (
     REFUSED_BY_CONTENT,
+    digit_png,
     gif_with_frames,
     png_declaring,
     png_with_text_bomb,
 )
+from tests.helpers.processes import rss_bytes
+from tests.helpers.servers import Server, healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -12,9 +12,9 @@ import struct
 import httpx
 import pytest
 
-from tests.conftest import Server
-from tests.hostile.conftest import MAX_IMAGES, MAX_UPLOAD_BYTES
-from tests.hostile.helpers import digit_png, healthy
+from tests.helpers.hostile import MAX_IMAGES, MAX_UPLOAD_BYTES
+from tests.helpers.images import digit_png
+from tests.helpers.servers import Server, healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

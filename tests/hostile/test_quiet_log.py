@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.conftest import Server
-from tests.hostile.helpers import raw_request
+from tests.helpers.clients import raw_request
+from tests.helpers.servers import Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

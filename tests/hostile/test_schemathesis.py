@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import Server
-from tests.hostile.helpers import healthy
+from tests.helpers.servers import Server, healthy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

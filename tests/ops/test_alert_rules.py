@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import (
+from tests.helpers.ops import (
     ALERT_RULES,
     ALERT_TESTS,
     MONITORING,
@@ -19,6 +19,8 @@ from .conftest import (
     exposed_series,
     promql_metric_names,
     recording_rule_names,
+    route_regexes,
+    rule_exprs,
 )
 
 #: Alerts the operations brief asks for; more are welcome, none of these may go missing.
@@ -54,12 +56,14 @@ def alert_test_cases() -> list[dict[str, Any]]:
 
 
 # --- promtool --------------------------------------------------------------------------------
+@pytest.mark.e2e  # runs promtool
 def test_promtool_check_config(promtool: str) -> None:
     done = run([promtool, "check", "config", str(PROMETHEUS_CONFIG)])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 rule files found" in done.stdout + done.stderr
 
 
+@pytest.mark.e2e  # runs promtool
 def test_promtool_check_rules(promtool: str) -> None:
     done = run([promtool, "check", "rules", str(ALERT_RULES)])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -67,6 +71,7 @@ def test_promtool_check_rules(promtool: str) -> None:
     assert f"{rule_count} rules found" in done.stdout + done.stderr
 
 
+@pytest.mark.e2e  # runs promtool
 def test_promtool_unit_tests_pass(promtool: str) -> None:
     done = run([promtool, "test", "rules", str(ALERT_TESTS)])
     assert done.returncode == 0, done.stdout + done.stderr
@@ -153,20 +158,6 @@ PROBE_ROUTES = {
     "/v2/models/{name}/ready",
     "/v2/models/{name}/versions/{version}/ready",
 }
-_ROUTE_MATCHER = re.compile(r'route(!~|=~)"((?:[^"\\]|\\.)*)"')
-
-
-def rule_exprs() -> str:
-    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
-    return "\n".join(rule["expr"] for group in groups for rule in group["rules"])
-
-
-def route_regexes(text: str) -> dict[str, set[str]]:
-    """``route!~`` and ``route=~`` regexes used in ``text``, by operator."""
-    found: dict[str, set[str]] = {"!~": set(), "=~": set()}
-    for operator, regex in _ROUTE_MATCHER.findall(text):
-        found[operator].add(regex)
-    return found
 
 
 def matching(regex: str, routes: set[str]) -> set[str]:

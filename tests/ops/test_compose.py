@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import (
+from tests.helpers.ops import (
     ALERT_RULES,
     COMPOSE_FILE,
     GRAFANA_DASHBOARD_PROVIDERS,
     PROMETHEUS_CONFIG,
     ROOT,
 )
+
+pytestmark = pytest.mark.e2e  # every test runs the Compose CLI
 
 PASSWORD = "ops-test-not-a-secret"
 #: Compose variables a developer may have exported; the tests must not see them.

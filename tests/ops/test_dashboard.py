@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import (
+from tests.helpers.ops import (
     DASHBOARD,
     GRAFANA_DASHBOARD_PROVIDERS,
     GRAFANA_DATASOURCES,
@@ -21,6 +21,8 @@ from .conftest import (
     iter_panels,
     promql_metric_names,
     recording_rule_names,
+    route_regexes,
+    rule_exprs,
 )
 
 #: title -> (series the panel must read, text its queries must contain)
@@ -230,8 +232,6 @@ def test_route_selectors_match_the_rules() -> None:
     """The dashboard leaves out the same probe routes, and selects the same inference routes,
     as the recording and alerting rules (whose selectors test_alert_rules checks against the
     service's real route templates)."""
-    from .test_alert_rules import route_regexes, rule_exprs
-
     rules = route_regexes(rule_exprs())
     board = route_regexes("\n".join(iter_dashboard_queries()))
     assert board["!~"] == rules["!~"]

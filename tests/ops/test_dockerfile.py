@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from .conftest import DOCKERFILE, ROOT
+from tests.helpers.ops import DOCKERFILE, ROOT
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -95,3 +95,24 @@ def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
     # What the build COPYs must not be ignored.
     copied = {"pyproject.toml", "README.md", "training", "service"}
     assert not copied & ignored
+
+
+def test_every_installed_package_is_copied_into_both_stages() -> None:
+    """The image holds every package pyproject installs (a package left out, e.g. the shared
+    ``contract``, would make ``python -m service`` fail at its first import in the container)."""
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in patterns}
+    assert {"contract", "training", "service"} <= packages
+    builder, *_, runtime = stages()
+    for stage in (builder, runtime):
+        copied = {r.split()[0].rstrip("/") for k, r in stage if k == "COPY" and "--from" not in r}
+        assert packages <= copied, f"not copied: {sorted(packages - copied)}"
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert not packages & ignored

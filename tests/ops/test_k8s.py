@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import DOCKERFILE, K8S, load_yaml_documents
+from tests.helpers.ops import DOCKERFILE, K8S, load_yaml_documents
 
 #: The service's default shutdown_grace_s: the pod must outlive the queue drain.
 SHUTDOWN_GRACE_S = 20

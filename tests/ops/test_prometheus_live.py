@@ -15,7 +15,6 @@ against what the service really exports.
 
 from __future__ import annotations
 
-import io
 import itertools
 import shutil
 import subprocess
@@ -30,12 +29,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-from PIL import Image
 
-from tests.conftest import Server, free_port, republish, start_server, stop_server
-from training.data import digit_images
-
-from .conftest import ALERT_RULES, PROMETHEUS_CONFIG, iter_dashboard_queries, missing_tool
+from tests.helpers.images import digit_pngs
+from tests.helpers.models import republish
+from tests.helpers.ops import ALERT_RULES, PROMETHEUS_CONFIG, iter_dashboard_queries, missing_tool
+from tests.helpers.servers import Server, free_port, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -220,16 +218,6 @@ class Monitored:
     sent: int  # /predict requests sent (and answered 200), one image each
     top1: Counter[str]  # top-1 label of each prediction, as the clients received them
     served_by: Counter[str]  # the version that answered each request, as the answers said
-
-
-def digit_pngs(count: int) -> list[bytes]:
-    images, _ = digit_images()
-    pngs = []
-    for image in images[:count]:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "PNG")
-        pngs.append(buffer.getvalue())
-    return pngs
 
 
 @pytest.fixture(scope="module")

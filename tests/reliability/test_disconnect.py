@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import Server, metric_value
-from tests.hostile.helpers import address, http_head, noise_png
-from tests.reliability.conftest import metrics_text
+from tests.helpers.clients import http_head
+from tests.helpers.images import noise_png
+from tests.helpers.servers import Server, address, metric_value, metrics_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

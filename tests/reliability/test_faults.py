@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Server, metric_value
-from tests.hostile.helpers import digit_png, noise_png
-from tests.reliability.conftest import metrics_text
-from tests.reliability.stress_model import POISON_MESSAGE
+from tests.helpers.images import digit_png, noise_png
+from tests.helpers.servers import Server, metric_value, metrics_text
+from tests.helpers.stress_model import POISON_MESSAGE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, metric_value
-from tests.hostile.helpers import noise_png, rss_bytes
-from tests.reliability.conftest import STRESS_SETTINGS, metrics_text
+from tests.helpers.images import noise_png
+from tests.helpers.processes import rss_bytes
+from tests.helpers.servers import Server, metric_value, metrics_text
+from tests.helpers.stress_model import STRESS_SETTINGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port, metric_value, start_server, stop_server
-from tests.hostile.helpers import digit_png
+from tests.helpers.images import digit_png
+from tests.helpers.servers import Server, free_port, metric_value, start_server, stop_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PYTHON, ROOT, Server, free_port, metric_value, quiet_env
-from tests.hostile.helpers import noise_png
-from tests.reliability.conftest import STRESS_SETTINGS, metrics_text
+from tests.helpers.images import noise_png
+from tests.helpers.processes import PYTHON, ROOT, quiet_env
+from tests.helpers.servers import Server, free_port, metric_value, metrics_text
+from tests.helpers.stress_model import STRESS_SETTINGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

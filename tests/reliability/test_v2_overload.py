@@ -16,9 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import Server, metric_value
-from tests.reliability.conftest import STRESS_SETTINGS, metrics_text
-from tests.reliability.stress_model import INPUT_SIZE, MODEL_NAME, NUM_CLASSES
+from tests.helpers.servers import Server, metric_value, metrics_text
+from tests.helpers.stress_model import INPUT_SIZE, MODEL_NAME, NUM_CLASSES, STRESS_SETTINGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 

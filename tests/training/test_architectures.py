@@ -16,9 +16,10 @@ from training.architectures import (
     RGBToGrayscale,
     UnknownArchitectureError,
     build,
+    describe_model,
     min_input_size,
 )
-from training.conv_math import describe_model, format_table
+from training.conv_math import format_table
 
 # What Grad-CAM looks up: the last convolution of each architecture.
 LAST_CONV = {"simple": "conv2", "lenet5": "conv2", "alexnet": "conv5", "vgg16": "conv5_3"}

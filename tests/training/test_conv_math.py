@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from training import conv_math
-from training.architectures import build
+from training.architectures import build, describe_model
 from training.conv_math import (
     LayerRow,
     OutputTooSmallError,
@@ -21,7 +21,6 @@ from training.conv_math import (
     conv_output_size,
     conv_params,
     dense_params,
-    describe_model,
     format_table,
     pool_output_size,
     same_output_size,
@@ -290,6 +289,7 @@ def test_describe_model_non_square_input() -> None:
     assert all(r.agrees for r in rows.values())
 
 
+@pytest.mark.e2e  # a fresh interpreter
 def test_conv_math_imports_without_tensorflow() -> None:
     """The arithmetic (and the training package) stay importable without TensorFlow."""
     code = (

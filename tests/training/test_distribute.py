@@ -18,10 +18,11 @@ from typing import Protocol
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, free_port, quiet_env, run_train
+from contract.metadata import list_versions, verify_version_dir
+from tests.helpers.processes import PYTHON, ROOT, quiet_env, run_train
+from tests.helpers.servers import free_port
 from training.distribute import check_tf_config
 from training.errors import UserError
-from training.metadata import list_versions, verify_version_dir
 
 #: TensorFlow start-up, collective set-up and two epochs take ~40 s on an idle 2-core box;
 #: a busy one is several times slower.
@@ -137,6 +138,7 @@ def two_ports() -> tuple[int, int]:
     return first, second
 
 
+@pytest.mark.e2e  # two training processes
 def test_two_workers_train_together_and_only_the_chief_publishes(
     tmp_path: Path, start_workers: StartWorkers
 ) -> None:
@@ -167,6 +169,7 @@ def test_two_workers_train_together_and_only_the_chief_publishes(
     assert list((tmp_path / "run-1").iterdir()) == []
 
 
+@pytest.mark.e2e  # two training processes
 @pytest.mark.timeout(1200)
 def test_two_workers_resume_from_the_chiefs_backup(
     tmp_path: Path, start_workers: StartWorkers
@@ -200,6 +203,7 @@ def test_two_workers_resume_from_the_chiefs_backup(
     assert list_versions(tmp_path / "models" / "digits") == [1]
 
 
+@pytest.mark.e2e  # runs a training process
 def test_multi_worker_without_tf_config_is_a_one_line_error(tmp_path: Path) -> None:
     env = quiet_env()
     env.pop("TF_CONFIG", None)
@@ -271,16 +275,19 @@ def _run_one_epoch(tmp_path: Path, *flags: str) -> dict[str, object]:
     return metadata.training
 
 
+@pytest.mark.e2e  # runs a training process
 def test_mirrored_strategy_trains_on_the_cpu_with_one_replica(tmp_path: Path) -> None:
     training = _run_one_epoch(tmp_path, "--distribute", "mirrored")
     assert training["strategy"] == "MirroredStrategy" and training["replicas"] == 1
 
 
+@pytest.mark.e2e  # runs a training process
 def test_mixed_precision_runs_on_the_cpu(tmp_path: Path) -> None:
     training = _run_one_epoch(tmp_path, "--mixed-precision")
     assert training["mixed_precision"] is True
 
 
+@pytest.mark.e2e  # runs a training process
 def test_jit_runs_on_the_cpu(tmp_path: Path) -> None:
     training = _run_one_epoch(tmp_path, "--jit")
     assert training["jit"] is True
@@ -293,7 +300,7 @@ LOOP_VERSUS_FIT = textwrap.dedent(
     from training.architectures import build
     from training.data import load_digits_data
     from training.distribute import fit_multi_worker
-    from training.train import make_dataset
+    from training.data import make_dataset
 
     data = load_digits_data(0.1)
 
@@ -331,6 +338,7 @@ LOOP_VERSUS_FIT = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e  # runs a training process
 def test_the_multi_worker_loop_trains_like_keras_fit(tmp_path: Path) -> None:
     import numpy as np
 

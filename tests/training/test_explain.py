@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from contract.metadata import read_metadata
 from training.data import load_digits_data
 from training.explain import (
     EXPLAIN_ENDPOINTS,
@@ -22,7 +23,6 @@ from training.explain import (
     feature_maps_endpoint,
     gradcam_endpoint,
 )
-from training.metadata import read_metadata
 
 #: The default "simple" model on 28x28: conv2 (the last conv) sees 14x14 after pool1.
 CONV_GRID = 14
@@ -62,6 +62,7 @@ def corner_canvas(digit: np.ndarray, size: int = 56) -> np.ndarray:
     return canvas
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_published_version_has_serve_first_then_the_explanation_endpoints(
     trained_repo: Path, loaded: Any
 ) -> None:
@@ -76,6 +77,7 @@ def test_published_version_has_serve_first_then_the_explanation_endpoints(
     assert output.shape.as_list() == [None, 10]
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_gradcam_returns_normalised_maps_the_serve_probabilities_and_the_class(
     loaded: Any, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -96,6 +98,7 @@ def test_gradcam_returns_normalised_maps_the_serve_probabilities_and_the_class(
     assert served.argmax(axis=1)[[0, 2]].tolist() == [int(labels[0]), int(labels[2])]
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_gradcam_accepts_any_image_size_and_explains_different_classes_differently(
     loaded: Any, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -108,6 +111,7 @@ def test_gradcam_accepts_any_image_size_and_explains_different_classes_different
     assert not np.allclose(out["heatmap"][0], out["heatmap"][1], atol=0.05)
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_gradcam_refuses_a_class_index_out_of_range(loaded: Any) -> None:
     import tensorflow as tf
 
@@ -115,6 +119,7 @@ def test_gradcam_refuses_a_class_index_out_of_range(loaded: Any) -> None:
         gradcam(loaded.gradcam, np.zeros((1, 28, 28, 3), np.float32), [10])
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_feature_maps_are_the_first_two_conv_layers_activations(
     loaded: Any, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -130,6 +135,7 @@ def test_feature_maps_are_the_first_two_conv_layers_activations(
     assert np.abs(conv1[0] - conv1[1]).max() > 0.1
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_heatmap_peak_follows_a_digit_pasted_into_the_top_left_corner(
     loaded: Any, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -154,6 +160,7 @@ def test_heatmap_peak_follows_a_digit_pasted_into_the_top_left_corner(
         assert int(np.argmax(quadrants)) == 0, f"digit {digit}: heat by quadrant {quadrants}"
 
 
+@pytest.mark.e2e  # the shared trained model
 def test_a_model_with_random_weights_draws_a_different_map(
     loaded: Any, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:

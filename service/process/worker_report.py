@@ -1,0 +1,90 @@
+"""What the supervisor's probe worker reports once its default model is warm: how long the
+model takes per image (:mod:`service.process.supervisor` decides from it how many workers pay off).
+
+A file per worker process, ``<pid>.json`` in the folder the supervisor names in
+:data:`READY_DIR_ENV`, written once (atomically) and read by the supervisor; no sockets, no
+shared memory, nothing when the variable is unset (one process, the serving workers, or workers set
+explicitly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from service.serving.repository import ModelRepository
+    from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+#: Set by the supervisor in a worker's environment: where that worker reports.
+READY_DIR_ENV = "IMGCLS_SUPERVISOR_READY_DIR"
+
+#: Seconds between checks for the default model while the worker starts.
+POLL_S = 0.2
+
+
+def read_reports(directory: Path) -> dict[int, float | None]:
+    """Every report in ``directory``: worker pid -> the default model's seconds per image
+    (None: the worker has no default model to measure)."""
+    reports: dict[int, float | None] = {}
+    for path in directory.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+            cost = data["seconds_per_image"]
+            reports[int(data["pid"])] = None if cost is None else float(cost)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being replaced, or not ours
+    return reports
+
+
+def nothing_to_load(repository: ModelRepository) -> bool:
+    """True when the first scan found no version of the default model that is loading or
+    could be (no folder, no versions, or every one failed): waiting would not end soon."""
+    if not repository.scanned:
+        return False
+    default = repository.default
+    if default is None:
+        return True
+    if not default.store.scanned:
+        return False
+    return not any(row.state in ("loading", "available") for row in default.store.statuses())
+
+
+def seconds_per_image(state: ServiceState) -> float:
+    """Time one full batch of the default model (already warm), in seconds per image."""
+    served, model = state.repository.resolve(None)
+    size = served.limits.max_batch_size
+    height, width = model.input_size
+    batch = np.zeros((size, height, width, 3), dtype=np.float32)
+    started = time.perf_counter()
+    model.predict(batch)
+    return (time.perf_counter() - started) / size
+
+
+async def report_when_ready(state: ServiceState) -> None:
+    """Once the default model is served, write this worker's report (when asked for one)."""
+    directory = os.environ.get(READY_DIR_ENV)
+    if not directory:
+        return
+    cost: float | None = None
+    while not state.repository.ready:
+        if nothing_to_load(state.repository):  # e.g. started before the first training
+            logger.info("no version of the default model to measure")
+            break
+        await asyncio.sleep(POLL_S)
+    else:
+        cost = await asyncio.to_thread(seconds_per_image, state)
+        logger.info("ready: the default model takes %.3f ms per image at full batch", cost * 1e3)
+    path = Path(directory) / f"{os.getpid()}.json"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps({"pid": os.getpid(), "seconds_per_image": cost}))
+    os.replace(partial, path)  # the supervisor never reads half a report

@@ -1,0 +1,360 @@
+"""The model store: finds, verifies, loads, warms up and hot-swaps the versions of one model.
+
+Each poll of ``models/<name>/`` applies the model's version policy (``latest: N`` by default 1,
+``specific``, ``all``) to the complete versions on disk (metadata.json present, checksums
+matching, inside the repository). A newly selected version is loaded *beside* the served ones on
+a loader thread, warmed up at the batch sizes it will see, then added with one reference
+assignment; versions no longer selected are retired after that, and batches already running
+finish on them. A version that fails is marked failed with its reason and the others keep
+serving; it is retried only if its files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from contract.metadata import (
+    METADATA_FILE,
+    InvalidModelVersionError,
+    ModelMetadata,
+    list_versions,
+    verify_version_dir,
+)
+from contract.names import SERVE_ENDPOINT
+from service.serving.config import LatestPolicy, VersionPolicy, select_versions
+
+logger = logging.getLogger(__name__)
+
+#: Exhaustive warm-up (every batch size) stops after this long; then only powers of two.
+WARMUP_BUDGET_S = 10.0
+
+VersionState = Literal["serving", "available", "failed", "loading", "invalid"]
+
+
+def freeze_heap() -> None:
+    """Collect garbage, then move every live object into the GC's permanent generation.
+
+    TensorFlow, Keras and a loaded SavedModel leave about a million long-lived Python objects;
+    every full (generation 2) collection walks all of them, which stopped the event loop for
+    100-200 ms every few seconds under load: most of the service's p99. Frozen objects are never
+    scanned again, but reference counting still frees them (see BENCHMARKS.md).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+@dataclass
+class LoadedModel:
+    """One SavedModel in memory with its metadata; ``predict`` is thread-safe."""
+
+    metadata: ModelMetadata
+    path: Path
+    module: Any  # the object tf.saved_model.load returned; keeps the variables alive
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) the service resizes uploads to."""
+        return self.metadata.input.height, self.metadata.input.width
+
+    def has_endpoint(self, name: str) -> bool:
+        return hasattr(self.module, name)
+
+    def endpoint(self, name: str) -> Any:
+        return getattr(self.module, name)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) float32 pixels 0..255 -> (N, num_classes) float32 probabilities."""
+        import tensorflow as tf
+
+        return np.asarray(self.module.serve(tf.convert_to_tensor(images, dtype=tf.float32)))
+
+
+def load_saved_model(path: Path, metadata: ModelMetadata) -> LoadedModel:
+    """Load a verified version folder with ``tf.saved_model.load`` (no Keras code needed)."""
+    import tensorflow as tf
+
+    module = tf.saved_model.load(str(path))
+    if not hasattr(module, SERVE_ENDPOINT):
+        raise InvalidModelVersionError(f"the SavedModel has no {SERVE_ENDPOINT!r} endpoint")
+    return LoadedModel(metadata=metadata, path=path, module=module)
+
+
+def warm_up(model: LoadedModel, max_batch_size: int, budget_s: float = WARMUP_BUDGET_S) -> int:
+    """Run the model once per batch size it will see, so the first requests don't pay for
+    kernel selection and memory planning. Checks the output shape on the way. Returns calls."""
+    height, width = model.input_size
+    started = time.monotonic()
+    powers = {1 << i for i in range(max_batch_size.bit_length())} | {max_batch_size}
+    calls = 0
+    for size in range(1, max_batch_size + 1):
+        if time.monotonic() - started > budget_s and size not in powers:
+            continue
+        out = model.predict(np.zeros((size, height, width, 3), dtype=np.float32))
+        calls += 1
+        if out.shape != (size, model.metadata.num_classes):
+            raise InvalidModelVersionError(
+                f"serve returned shape {out.shape} for a batch of {size}; expected "
+                f"({size}, {model.metadata.num_classes}) from metadata.json"
+            )
+    return calls
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: VersionState
+    reason: str | None = None
+
+
+class ModelStore:
+    """The versions of ONE model: which are on disk, which are served, and their states.
+
+    ``policy`` (TF Serving's and Triton's version policy) picks the served versions among the
+    loadable ones on disk; each poll loads what the policy newly selects *beside* what is served,
+    then retires what it no longer selects, so a request always finds a warmed-up version. A
+    version that fails to load is marked failed and skipped (the policy then reaches past it),
+    and is retried only when its files change.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        repository_root: Path,
+        max_batch_size: int,
+        on_swap: Callable[[LoadedModel], None] | None = None,
+        on_reload: Callable[[str], None] | None = None,
+        on_change: Callable[[ModelStore], None] | None = None,
+        loader: Callable[[Path, ModelMetadata], LoadedModel] = load_saved_model,
+        policy: VersionPolicy | None = None,
+    ) -> None:
+        self.model_dir = model_dir
+        self.repository_root = repository_root
+        self.max_batch_size = max_batch_size
+        self.policy: VersionPolicy = policy if policy is not None else LatestPolicy()
+        #: Versions served beside the policy's when loadable: the ones labels name, so that a
+        #: new publish cannot retire ``stable`` and take its traffic unreviewed.
+        self.keep: frozenset[int] = frozenset()
+        self._on_swap = on_swap
+        self._on_reload = on_reload
+        self._on_change = on_change
+        self._loader = loader
+        #: version -> the loaded model; replaced (never mutated) so readers see a consistent dict.
+        self._served: dict[int, LoadedModel] = {}
+        # version -> (reason, fingerprint of the files when it failed)
+        self._failed: dict[int, tuple[str, tuple[int, int] | None]] = {}
+        self._loading: int | None = None
+        # Versions retired, until they are released and the heap can be frozen again.
+        self._retired: list[weakref.ref[LoadedModel]] = []
+        self._lock = asyncio.Lock()
+        self.repository_problem: str | None = None
+        #: True once the first scan has finished (whatever it found).
+        self.scanned = False
+
+    @property
+    def name(self) -> str:
+        return self.model_dir.name
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The newest served version (the default for unpinned requests without labels)."""
+        served = self._served
+        return served[max(served)] if served else None
+
+    @property
+    def served(self) -> dict[int, LoadedModel]:
+        """Served versions by number (a snapshot: do not mutate)."""
+        return self._served
+
+    def _fingerprint(self, version: int) -> tuple[int, int] | None:
+        try:
+            stat = (self.model_dir / str(version) / METADATA_FILE).stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+    def _scan(self) -> list[int] | None:
+        try:
+            if not self.model_dir.exists():
+                raise FileNotFoundError(f"{self.model_dir} does not exist")
+            if not self.model_dir.is_dir():  # e.g. a file put in its place
+                raise NotADirectoryError(f"{self.model_dir} is not a folder")
+            versions = list_versions(self.model_dir)
+        except OSError as exc:
+            self._set_problem(f"cannot read the model repository: {exc}")
+            return None
+        self._set_problem(None)
+        return versions
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem != self.repository_problem:
+            if problem:
+                logger.warning("%s; still serving %s", problem, self._describe_current())
+            else:
+                logger.info("model repository %s is readable", self.model_dir)
+        self.repository_problem = problem
+
+    def _describe_current(self) -> str:
+        if not self._served:
+            return "nothing"
+        return "version " + ", ".join(str(v) for v in sorted(self._served, reverse=True))
+
+    def _skip(self, version: int) -> bool:
+        """A version that failed with the same files as now: don't retry or recount it."""
+        failed = self._failed.get(version)
+        return failed is not None and failed[1] == self._fingerprint(version)
+
+    async def poll_once(self) -> LoadedModel | None:
+        """One scan: load what the policy selects, then retire what it no longer selects."""
+        async with self._lock:
+            self._refreeze_when_retired_are_gone()
+            versions = await asyncio.to_thread(self._scan)
+            if versions is None:  # unreadable: keep serving what is loaded
+                self.scanned = True
+                return self.current
+            desired: list[int] = []
+            for _ in range(len(versions) + 1):  # each round marks at least one version failed
+                candidates = [v for v in versions if not self._skip(v)]
+                desired = select_versions(self.policy, candidates)
+                desired += sorted((self.keep & set(candidates)) - set(desired), reverse=True)
+                if not desired and self._served:
+                    # Nothing on disk qualifies (deleted, broken, a policy naming absent
+                    # versions): keep the newest loaded version rather than go dark.
+                    desired = [max(self._served)]
+                missing = [v for v in desired if v not in self._served]
+                if not missing:
+                    break
+                for version in missing:  # newest first
+                    model = await self._try_load(version, self._fingerprint(version))
+                    if model is not None:
+                        self._install(model)
+            for version in [v for v in self._served if v not in desired]:
+                self._retire(version)
+            self.scanned = True
+            return self.current
+
+    async def _try_load(
+        self, version: int, fingerprint: tuple[int, int] | None
+    ) -> LoadedModel | None:
+        path = self.model_dir / str(version)
+        self._loading = version
+        started = time.monotonic()
+        try:
+            model = await asyncio.to_thread(self._load_and_warm, path)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, InvalidModelVersionError) and fingerprint is None:
+                # No metadata.json yet: most likely still being copied in; not (yet) a failure.
+                logger.info("version %d is incomplete (%s); will look again", version, reason)
+                self._failed[version] = (reason, fingerprint)
+                return None
+            logger.warning("%s version %d failed to load: %s", self.name, version, reason)
+            self._failed[version] = (reason, fingerprint)
+            if self._on_reload:
+                self._on_reload("failure")
+            return None
+        finally:
+            self._loading = None
+        self._failed.pop(version, None)
+        logger.info(
+            "loaded and warmed up %s version %d in %.2f s",
+            model.name,
+            version,
+            time.monotonic() - started,
+        )
+        return model
+
+    def _load_and_warm(self, path: Path) -> LoadedModel:
+        metadata = verify_version_dir(path, repository_root=self.repository_root)
+        if metadata.name != self.model_dir.name:
+            raise InvalidModelVersionError(
+                f"metadata.json names model {metadata.name!r}, "
+                f"but it sits under {self.model_dir.name!r}"
+            )
+        model = self._loader(path, metadata)
+        warm_up(model, self.max_batch_size)
+        return model
+
+    def _install(self, model: LoadedModel) -> None:
+        """Serve ``model`` beside what is served (one dict replacement: readers see either)."""
+        self._served = {**self._served, model.version: model}
+        if self._on_reload:
+            self._on_reload("success")
+        if self._on_swap:
+            self._on_swap(model)
+        if not self._retired:
+            freeze_heap()  # the new version's objects join the frozen heap
+        logger.info(
+            "now serving %s version %d (also: %s)",
+            model.name,
+            model.version,
+            ", ".join(str(v) for v in sorted(self._served) if v != model.version) or "none",
+        )
+        if self._on_change:
+            self._on_change(self)
+
+    def _retire(self, version: int) -> None:
+        """Stop routing to ``version``; batches already holding it finish on it."""
+        served = dict(self._served)
+        model = served.pop(version, None)
+        if model is None:
+            return
+        self._served = served
+        # Frozen objects are never collected: unfreeze so that the old version's reference
+        # cycles can go once its last batch has finished; a later poll refreezes.
+        gc.unfreeze()
+        self._retired.append(weakref.ref(model))
+        logger.info("%s version %d is no longer served", self.name, version)
+        if self._on_change:
+            self._on_change(self)
+
+    def _swap(self, model: LoadedModel) -> None:
+        """Serve ``model`` instead of every served version (the ``latest: 1`` hot swap)."""
+        others = [v for v in self._served if v != model.version]
+        self._install(model)
+        for version in others:
+            self._retire(version)
+
+    def _refreeze_when_retired_are_gone(self) -> None:
+        if self._retired:
+            self._retired = [ref for ref in self._retired if ref() is not None]
+            if not self._retired:
+                freeze_heap()  # the old versions are gone, their reference cycles collected
+
+    def statuses(self) -> list[VersionStatus]:
+        """Every version folder on disk (and every served one), newest first, with its state."""
+        try:
+            versions = list_versions(self.model_dir)
+        except OSError:
+            versions = []
+        served = self._served
+        rows = []
+        for version in sorted(set(versions) | set(served), reverse=True):
+            if version in served:
+                rows.append(VersionStatus(version, "serving"))
+            elif version == self._loading:
+                rows.append(VersionStatus(version, "loading"))
+            elif version in self._failed:
+                rows.append(VersionStatus(version, "failed", self._failed[version][0]))
+            else:
+                rows.append(VersionStatus(version, "available"))
+        return rows

@@ -1,0 +1,59 @@
+"""Child processes as the tests start them: the interpreter, the repository root, a quiet
+environment, the training CLI; a tool that is missing; a process's resident memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """A tool a test needs is absent: fail in CI (it must install every tool), skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI must provide it", pytrace=False)
+    pytest.skip(reason)
+
+
+def quiet_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: this one's, TensorFlow quiet, output unbuffered."""
+    # One worker unless a test asks for more: most tests reason about one process's queue,
+    # batcher and counters; tests/e2e/test_workers.py covers the default (one per CPU).
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONUNBUFFERED": "1",
+        "IMGCLS_WORKERS": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def run_train(
+    *args: str, cwd: Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the training CLI as a user would; returns the finished process (not checked)."""
+    return subprocess.run(
+        [PYTHON, "training/train.py", *args],
+        cwd=cwd,
+        env=quiet_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` from /proc/<pid>/status (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")

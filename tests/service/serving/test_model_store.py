@@ -1,0 +1,168 @@
+"""Tests for service.serving.model_store: which versions a model's store serves under each
+version policy (on real version folders with fake models, see :mod:`tests.helpers.models`), and
+the heap freeze around a model swap (one of the /predict hot-path changes, see BENCHMARKS.md):
+frozen once a model is served, unfrozen on a swap, refrozen once the old one is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from service.serving.config import LatestPolicy, SpecificPolicy
+from service.serving.model_store import ModelStore
+from tests.helpers.models import FakeLoader, publish_fake
+
+pytestmark = pytest.mark.timeout(60)
+
+_T = TypeVar("_T")
+
+
+def run(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run one async test body on a fresh event loop (no pytest-asyncio in this project)."""
+    return asyncio.run(coro)
+
+
+# --- version policies on real version folders -------------------------------------------------
+
+
+def make_store(models_dir: Path, loader: FakeLoader, policy: Any = None) -> ModelStore:
+    return ModelStore(
+        models_dir / "digits",
+        repository_root=models_dir,
+        max_batch_size=2,
+        loader=loader,
+        policy=policy,
+    )
+
+
+def states(store: ModelStore) -> dict[int, str]:
+    return {row.version: row.state for row in store.statuses()}
+
+
+def test_latest_two_serves_the_two_newest(three_versions: Path) -> None:
+    loader = FakeLoader()
+    store = make_store(three_versions, loader, LatestPolicy(latest=2))
+    current = run(store.poll_once())
+    assert current is not None and current.version == 3
+    assert sorted(store.served) == [2, 3]
+    assert states(store) == {3: "serving", 2: "serving", 1: "available"}
+    assert sorted(loader.loads) == [("digits", 2), ("digits", 3)]
+
+
+def test_the_default_policy_serves_only_the_newest(three_versions: Path) -> None:
+    store = make_store(three_versions, FakeLoader())
+    run(store.poll_once())
+    assert sorted(store.served) == [3]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (SpecificPolicy(specific=[1, 3]), [1, 3]),
+        ("all", [1, 2, 3]),
+        (SpecificPolicy(specific=[2]), [2]),
+    ],
+)
+def test_specific_and_all_policies(three_versions: Path, policy: Any, expected: list[int]) -> None:
+    store = make_store(three_versions, FakeLoader(), policy)
+    run(store.poll_once())
+    assert sorted(store.served) == expected
+
+
+def test_a_newest_version_that_fails_to_load_is_skipped(three_versions: Path) -> None:
+    loader = FakeLoader(failing={3})
+    store = make_store(three_versions, loader, LatestPolicy(latest=2))
+    run(store.poll_once())
+    assert sorted(store.served) == [1, 2]  # the policy reaches past the broken one
+    rows = {row.version: row for row in store.statuses()}
+    assert rows[3].state == "failed" and rows[3].reason is not None
+    assert "broken graph" in rows[3].reason
+    loads = len(loader.loads)
+    run(store.poll_once())  # same files: not retried
+    assert len(loader.loads) == loads and sorted(store.served) == [1, 2]
+
+
+def test_a_tampered_newest_version_is_never_loaded(three_versions: Path) -> None:
+    (three_versions / "digits" / "3" / "saved_model.pb").write_bytes(b"tampered")
+    loader = FakeLoader()
+    store = make_store(three_versions, loader)
+    run(store.poll_once())
+    assert sorted(store.served) == [2]
+    assert ("digits", 3) not in loader.loads
+    row = next(r for r in store.statuses() if r.version == 3)
+    assert row.state == "failed" and row.reason is not None and "checksum mismatch" in row.reason
+
+
+def test_versions_the_policy_drops_are_retired_and_released(three_versions: Path) -> None:
+    store = make_store(three_versions, FakeLoader(), LatestPolicy(latest=2))
+    run(store.poll_once())
+    old = weakref.ref(store.served[2])
+    store.policy = LatestPolicy(latest=1)
+    run(store.poll_once())
+    assert sorted(store.served) == [3]
+    assert states(store) == {3: "serving", 2: "available", 1: "available"}
+    gc.collect()
+    assert old() is None  # nothing keeps a retired version in memory
+
+    publish_fake(three_versions)  # version 4 appears
+    store.policy = LatestPolicy(latest=2)
+    run(store.poll_once())
+    assert sorted(store.served) == [3, 4]
+
+
+def test_a_policy_naming_absent_versions_keeps_the_newest_loaded(three_versions: Path) -> None:
+    store = make_store(three_versions, FakeLoader())
+    run(store.poll_once())
+    store.policy = SpecificPolicy(specific=[9])
+    run(store.poll_once())
+    assert sorted(store.served) == [3]  # never go dark on a typo
+
+
+# --- heap freeze ------------------------------------------------------------------------------
+
+
+class _Model:
+    """Stands in for a LoadedModel: what ModelStore._swap reads, weakly referenceable."""
+
+    def __init__(self, version: int) -> None:
+        self.name = "digits"
+        self.version = version
+
+
+@pytest.fixture()
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+def test_heap_frozen_after_first_model_and_refrozen_after_a_swap(
+    tmp_path: Path, unfrozen: None
+) -> None:
+    store = ModelStore(tmp_path / "digits", repository_root=tmp_path, max_batch_size=4)
+    store._swap(_Model(1))  # type: ignore[arg-type]
+    assert gc.get_freeze_count() > 0  # the first model's objects are out of the GC's reach
+
+    store._swap(_Model(2))  # type: ignore[arg-type]
+    assert gc.get_freeze_count() == 0  # version 1's cycles must stay collectable
+    asyncio.run(store.poll_once())  # version 1 is gone (no batch holds it): freeze again
+    assert gc.get_freeze_count() > 0
+
+
+def test_heap_stays_unfrozen_while_the_old_model_is_in_use(tmp_path: Path, unfrozen: None) -> None:
+    store = ModelStore(tmp_path / "digits", repository_root=tmp_path, max_batch_size=4)
+    old = _Model(1)
+    store._swap(old)  # type: ignore[arg-type]
+    store._swap(_Model(2))  # type: ignore[arg-type]
+    asyncio.run(store.poll_once())  # `old` is still referenced, like a batch in flight
+    assert gc.get_freeze_count() == 0
+    del old
+    asyncio.run(store.poll_once())
+    assert gc.get_freeze_count() > 0
