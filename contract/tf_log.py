@@ -134,18 +134,27 @@ def _filtered_stderr(level: int) -> Iterator[None]:
         pump.join(_DRAIN_TIMEOUT_S)
 
 
+#: One filtered import at a time: two threads redirecting descriptor 2 at once would undo each
+#: other's redirection, and a thread importing TensorFlow plainly while another filters would
+#: print the lines the filter is there to drop.
+_IMPORT_LOCK = threading.Lock()
+
+
 def import_filtered(module: str, environ: Mapping[str, str] = os.environ) -> None:
     """Import ``module`` (``tensorflow``, ``keras``), dropping TensorFlow's start-up lines as
-    ``TF_CPP_MIN_LOG_LEVEL`` says.
+    ``TF_CPP_MIN_LOG_LEVEL`` says. Every first import of TensorFlow in a process goes through
+    here (the service's thread settings and model loads, the trainer): whichever comes first
+    filters, the others wait for it.
 
     A no-op filter at level 0 (or when the module is already imported): a plain import. The
     module is named, not imported here, so this package depends on no TensorFlow itself.
     """
-    if module in sys.modules:
-        return
-    level = min_log_level(environ)
-    with _filtered_stderr(level) if level > 0 else contextlib.nullcontext():
-        importlib.import_module(module)
+    with _IMPORT_LOCK:
+        if module in sys.modules:
+            return
+        level = min_log_level(environ)
+        with _filtered_stderr(level) if level > 0 else contextlib.nullcontext():
+            importlib.import_module(module)
 
 
 def import_tensorflow_filtered(environ: Mapping[str, str] = os.environ) -> None:

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from contract.tf_log import import_filtered
 from service.http.cors import JSONCORSMiddleware
 from service.http.errors import ClientError, client_error
 from service.http.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
@@ -40,6 +41,7 @@ class BatcherMetrics:
     def __init__(self, metrics: ServiceMetrics, model: str) -> None:
         self._metrics = metrics
         self._model = model
+        metrics.model_added(model)
 
     def queue_depth(self, depth: int) -> None:
         self._metrics.queue_depth_changed(self._model, depth)
@@ -60,6 +62,7 @@ def configure_tensorflow_threads(settings: Settings) -> None:
     """Apply the TF thread-pool sizes; only possible before TensorFlow's runtime starts."""
     if not (settings.tf_intra_op_threads or settings.tf_inter_op_threads):
         return
+    import_filtered("tensorflow")  # not a plain import: its start-up lines stay out of the log
     import tensorflow as tf
 
     try:
@@ -76,17 +79,22 @@ BackgroundTask = Callable[[ServiceState], Coroutine[Any, Any, None]]
 
 
 def create_app(
-    settings: Settings | None = None, *, background: Sequence[BackgroundTask] = ()
+    settings: Settings | None = None,
+    *,
+    startup: Sequence[BackgroundTask] = (),
+    background: Sequence[BackgroundTask] = (),
 ) -> FastAPI:
-    """Build the app. ``settings`` default to the environment (``IMGCLS_*``); ``background``
-    tasks start once the repository does (the process layer's hooks, e.g. the cost report)."""
+    """Build the app. ``settings`` default to the environment (``IMGCLS_*``). The process
+    layer's hooks: ``startup`` coroutines are awaited once the repository has started, before
+    the server takes connections (e.g. waiting for the models); ``background`` tasks then run
+    beside the service (e.g. the cost report)."""
     settings = settings if settings is not None else Settings()
     service_metrics = ServiceMetrics(settings.max_batch_size)
     app = FastAPI(
         title="imgcls",
         summary="Keras image classification: dynamic batching, hot reload, Prometheus metrics",
         version="0.1.0",
-        lifespan=_lifespan(settings, service_metrics, background),
+        lifespan=_lifespan(settings, service_metrics, startup, background),
     )
     app.state.metrics = service_metrics
     _add_error_handlers(app, settings, service_metrics)
@@ -115,7 +123,10 @@ def create_app(
 
 
 def _lifespan(
-    settings: Settings, service_metrics: ServiceMetrics, background: Sequence[BackgroundTask]
+    settings: Settings,
+    service_metrics: ServiceMetrics,
+    startup: Sequence[BackgroundTask],
+    background: Sequence[BackgroundTask],
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     """The lifespan: load the repository (and start its batchers), run, then drain."""
 
@@ -137,6 +148,8 @@ def _lifespan(
         logger.info(
             "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
         )
+        for hook in startup:
+            await hook(state)
         tasks = [asyncio.create_task(task(state), name=task.__name__) for task in background]
         try:
             yield

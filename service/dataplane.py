@@ -21,6 +21,9 @@ from service.serving.model_store import LoadedModel
 from service.serving.repository import ServedModel
 from service.state import ServiceState
 
+#: Predictions per image when the request names no ``top_k``.
+DEFAULT_TOP_K = 5
+
 
 def choose_model(
     state: ServiceState,
@@ -28,12 +31,13 @@ def choose_model(
     *,
     version: int | str | None = None,
     label: str | None = None,
+    split: bool = True,
 ) -> tuple[ServedModel, LoadedModel]:
     """The model and version to run (:class:`ModelNotFound`, :class:`ModelNotReady`,
     :class:`ShuttingDown`)."""
     if state.shutting_down:
         raise ShuttingDown("the service is shutting down; retry on another replica")
-    return state.repository.resolve(name, version=version, label=label)
+    return state.repository.resolve(name, version=version, label=label, split=split)
 
 
 def record_model(request: Request, model: LoadedModel) -> None:
@@ -102,9 +106,9 @@ async def tensor_images(
 
 
 def parse_top_k(raw: str | None, max_top_k: int) -> int:
-    """``top_k`` from the query string: default 5, 1..``max_top_k``."""
+    """``top_k`` from the query string: default 5 (at most ``max_top_k``), 1..``max_top_k``."""
     if raw is None:
-        return 5
+        return min(DEFAULT_TOP_K, max_top_k)
     try:
         value = int(raw)
     except ValueError:

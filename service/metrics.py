@@ -4,13 +4,22 @@ One :class:`ServiceMetrics` per app, registered in its own ``CollectorRegistry``
 and several apps in one process never collide. With several uvicorn workers the service sets
 ``PROMETHEUS_MULTIPROC_DIR`` (wiped at start) and ``/metrics`` aggregates every worker's files
 through ``MultiProcessCollector``; gauges declare how to combine processes.
+
+Series follow what is served, with any number of workers. One process removes a retired
+version's, a removed label's or a removed model's series. prometheus_client cannot remove a
+series from the files of multiprocess mode, so there a worker marks it instead: the state
+gauges (``imgcls_model_info``, the label gauges) combine by their most recent write, and the
+worker writes NaN; :func:`aggregate_registry` leaves out NaN gauge samples, and every sample of
+a version that ``imgcls_model_info`` no longer lists (the per-version counters and histograms),
+so the exposition matches the single-process one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +31,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 
 #: Seconds: sub-millisecond (a queue hop) to ten seconds (a deadline).
 DURATION_BUCKETS_S = (
@@ -74,6 +84,53 @@ def batch_size_buckets(max_batch_size: int) -> tuple[float, ...]:
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+#: The gauge whose samples say which (model, version) pairs are served.
+MODEL_INFO = "imgcls_model_info"
+
+
+def live_series(families: Iterable[Metric]) -> Iterator[Metric]:
+    """``families`` without the series a worker retired (see the module docstring): gauge
+    samples that are NaN, and samples of a ``model``/``version`` pair not in ``imgcls_model_info``.
+    """
+    collected = list(families)
+    served = {
+        (sample.labels.get("name"), sample.labels.get("version"))
+        for family in collected
+        if family.name == MODEL_INFO
+        for sample in family.samples
+        if not math.isnan(sample.value)
+    }
+    for family in collected:
+        family.samples = [
+            sample
+            for sample in family.samples
+            if not (family.type == "gauge" and math.isnan(sample.value))
+            and (
+                not sample.labels.get("version")
+                or "model" not in sample.labels
+                or (sample.labels["model"], sample.labels["version"]) in served
+            )
+        ]
+        yield family
+
+
+class LiveMultiProcessCollector:
+    """Every worker's files (``MultiProcessCollector``), less the retired series."""
+
+    def __init__(self, path: str) -> None:
+        self._files = multiprocess.MultiProcessCollector(None, path=path)
+
+    def collect(self) -> Iterator[Metric]:
+        return live_series(self._files.collect())
+
+
+def aggregate_registry(path: str) -> CollectorRegistry:
+    """A registry exposing every worker's metrics in the multiprocess folder ``path``."""
+    registry = CollectorRegistry()
+    registry.register(LiveMultiProcessCollector(path))
+    return registry
 
 
 class ServiceMetrics:
@@ -163,7 +220,7 @@ class ServiceMetrics:
             "imgcls_model_info",
             "Every served model version (value 1).",
             ["name", "version"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.model_ready = Gauge(
@@ -187,14 +244,14 @@ class ServiceMetrics:
             "imgcls_version_label_info",
             "Version labels of serving.yaml (value 1): which version each label names.",
             ["model", "version_label", "version"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.version_label_weight = Gauge(
             "imgcls_version_label_weight",
             "Share (0..1) of a model's unpinned requests that a version label takes.",
             ["model", "version_label"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemostrecent",
             registry=r,
         )
         self.serving_config_valid = Gauge(
@@ -209,6 +266,7 @@ class ServiceMetrics:
         self._served: set[tuple[str, str]] = set()
         self._labels: set[tuple[str, str, str]] = set()
         self._weights: set[tuple[str, str]] = set()
+        self._models: set[str] = set()
         self._per_version: dict[tuple[str, str], set[tuple[Any, tuple[str, ...]]]] = {}
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
 
@@ -243,15 +301,20 @@ class ServiceMetrics:
             for version in model.store.served
         }
         for key in self._served - served:
-            with contextlib.suppress(KeyError):
-                self.model_info.remove(*key)
+            self._drop(self.model_info, key)
             for metric, label_values in self._per_version.pop(key, set()):
                 self._children.pop((metric, label_values), None)
-                with contextlib.suppress(KeyError):
-                    metric.remove(*label_values)
+                if multiprocess_dir() is None:  # else: left out by live_series at scrape
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*label_values)
         for name, version in served - self._served:
             self.model_info.labels(name=name, version=version).set(1)
         self._served = served
+        models = set(repository.models)
+        for removed in self._models - models:
+            self._children.pop((self.queue_depth, (removed,)), None)
+            self._drop(self.queue_depth, (removed,))
+        self._models = models
         version_labels = {
             (name, label, str(target.version))
             for name, model in repository.models.items()
@@ -263,13 +326,11 @@ class ServiceMetrics:
             for label, target in model.config.labels.items()
         }
         for gone in self._labels - version_labels:
-            with contextlib.suppress(KeyError):
-                self.version_labels.remove(*gone)
+            self._drop(self.version_labels, gone)
         for new in version_labels - self._labels:
             self.version_labels.labels(*new).set(1)
         for old in self._weights - set(weights):
-            with contextlib.suppress(KeyError):
-                self.version_label_weight.remove(*old)
+            self._drop(self.version_label_weight, old)
         for pair, weight in weights.items():
             self.version_label_weight.labels(*pair).set(weight)
         self._labels, self._weights = version_labels, set(weights)
@@ -303,9 +364,24 @@ class ServiceMetrics:
         if failed:
             self.inference_errors.labels(model).inc()
 
+    def model_added(self, model: str) -> None:
+        """Export ``model``'s failure count at 0 from the start: an alert on its rate needs a
+        series before the first failure."""
+        self.inference_errors.labels(model)
+
     def rejected_request(self, reason: str) -> None:
         """Count ONE refused HTTP request (whatever its number of images)."""
         self.rejected.labels(reason=reason).inc()
+
+    @staticmethod
+    def _drop(gauge: Gauge, label_values: tuple[str, ...]) -> None:
+        """Remove one series of ``gauge``; with several workers, mark it NaN instead (its file
+        entry cannot be removed; :func:`live_series` leaves it out)."""
+        if multiprocess_dir() is not None:
+            gauge.labels(*label_values).set(math.nan)
+            return
+        with contextlib.suppress(KeyError):
+            gauge.remove(*label_values)
 
     # --- exposition ------------------------------------------------------------------------
     def render(self) -> bytes:
@@ -313,6 +389,4 @@ class ServiceMetrics:
         path = multiprocess_dir()
         if path is None:
             return generate_latest(self.registry)
-        aggregate = CollectorRegistry()
-        multiprocess.MultiProcessCollector(aggregate, path=path)
-        return generate_latest(aggregate)
+        return generate_latest(aggregate_registry(path))

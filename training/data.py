@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -200,6 +201,17 @@ class FolderData:
     def skipped_files(self) -> int:
         """Unreadable files skipped so far: at listing plus while streaming."""
         return self.listing_skipped + len(self.failures)
+
+    def readable_class_counts(self) -> dict[str, int]:
+        """:attr:`class_counts` less the files that failed to decode while streaming, so that
+        every file is counted once: as a class's image or as skipped."""
+        failed = self.failures.files
+        counts = dict(self.class_counts)
+        for split in (self.train, self.val, self.test):
+            for name, label in zip(split.files, split.labels, strict=True):
+                if name in failed:
+                    counts[self.class_names[int(label)]] -= 1
+        return counts
 
 
 def load_folder_data(
@@ -710,6 +722,7 @@ def _folder_datasets(
     )
     if cache_dir is not None:
         cache_dir = _checked_cache_dir(cache_dir)
+        _recall_decode_failures(data, decode_failures_file(data, cache_dir, image_size))
     height, width = image_size
 
     def cache_file(split: str) -> Path | None:
@@ -732,6 +745,41 @@ def _folder_datasets(
     if augment:
         train_ds = _augmented(train_ds, seed)
     return train_ds, val_ds, test_ds
+
+
+def decode_failures_file(data: FolderData, cache_dir: Path, image_size: tuple[int, int]) -> Path:
+    """Where a ``--cache`` keeps the files that failed to decode beside the decoded images: a
+    reused cache never decodes them again, yet the run must count them the same."""
+    height, width = image_size
+    return cache_dir / f"failures-{data.fingerprint[:16]}-{height}x{width}.json"
+
+
+def remember_decode_failures(
+    data: FolderData, cache_dir: Path, image_size: tuple[int, int]
+) -> None:
+    """Write the decode failures seen so far (every split read once) beside the cache."""
+    source = Path(data.source)
+    failures = {
+        os.path.relpath(name, source): reason for name, reason in data.failures.files.items()
+    }
+    path = decode_failures_file(data, cache_dir, image_size)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(failures, indent=1, sort_keys=True))
+    os.replace(partial, path)
+
+
+def _recall_decode_failures(data: FolderData, path: Path) -> None:
+    """Record the failures an earlier run with the same cache saw (each warned about again)."""
+    try:
+        failures = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        logger.warning("cannot read %s (%s); decode failures are counted afresh", path, exc)
+        return
+    source = Path(data.source)
+    for relative, reason in sorted(failures.items()):
+        data.failures.record(str(source / relative), str(reason))
 
 
 def make_datasets(

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # Run as `python training/train.py`: make `training` and `contract` importable (before either
 # is imported: the repository root is not on sys.path then).
@@ -107,9 +107,17 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 # declarative table: argparse flags (one add_argument per flag; longer than 80 lines by design)
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one ``error:`` line (argparse prints its whole usage block
+    first, which buries the line that says what to fix)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists every flag)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: every flag, its type check, default and help."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="train.py",
         description="Train a Keras CNN and publish it to models/<name>/<version>/.",
         formatter_class=_HelpFormatter,
@@ -338,6 +346,7 @@ def train(args: argparse.Namespace) -> int:
     compiled = compile_model(args, loaded, devices)
     fitted = fit(args, loaded, compiled, datasets, started=started)
     evaluation = evaluate(loaded, compiled, datasets)
+    remember_failures(args, loaded)
     publish_run(args, loaded, devices, datasets, compiled, fitted, evaluation, started=started)
     return 0
 
@@ -571,6 +580,15 @@ def evaluate(loaded: Loaded, compiled: Compiled, datasets: Datasets) -> Evaluati
     )
 
 
+def remember_failures(args: argparse.Namespace, loaded: Loaded) -> None:
+    """With ``--cache``: keep the files that failed to decode beside the decoded images (every
+    split has been read once by now), so a run that reuses the cache counts them the same."""
+    from training.data import remember_decode_failures
+
+    if args.cache is not None and isinstance(loaded.data, FolderData):
+        remember_decode_failures(loaded.data, args.cache, loaded.input_shape[:2])
+
+
 def decoded_labels(data: ImageData | FolderData, split: str) -> np.ndarray:
     """Labels of ``split`` in dataset order, less the files that failed to decode while
     streaming (the pipeline drops them): what ``model.predict`` on that split lines up with."""
@@ -727,7 +745,7 @@ def data_summary(
     from contract.metadata import DataSummary
 
     if isinstance(data, FolderData):
-        counts = data.class_counts
+        counts = data.readable_class_counts()  # each file once: an image of a class, or skipped
         files = sum(counts.values()) + data.skipped_files
         reason = data.input_shape_reason
     else:

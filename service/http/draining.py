@@ -65,6 +65,11 @@ class DrainingServer(uvicorn.Server):
         state = getattr(getattr(self._app, "state", None), "service", None)
         return state if isinstance(state, Drainable) else None
 
+    def retire(self) -> None:
+        """Stop taking connections and finish what is in flight, without turning unready:
+        other workers on the same socket serve on (a signal handler: sets a flag only)."""
+        self.should_exit = True
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs as a signal handler: set flags only (no locks, no logging); on_tick acts on them.
         # Unlike uvicorn's, it does not re-raise the signal at exit: a drained stop exits 0.

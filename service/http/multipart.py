@@ -88,6 +88,10 @@ def parse_file_parts(
         parser.finalize()
     except FormParserError:
         raise MultipartError("Invalid multipart data.") from None
+    if not collector.complete:
+        # python-multipart's finalize() accepts a body cut off mid-part (its unfinished part
+        # is dropped): without this, a truncated upload would look like a missing field.
+        raise MultipartError("the body ends before the closing boundary (truncated?)")
     return collector.files
 
 
@@ -103,6 +107,8 @@ class _FilePartCollector:
         self._file_count = 0
         self._field_count = 0
         self._part = _Current()
+        #: True once the closing boundary (``--boundary--``) has been read.
+        self.complete = False
 
     def callbacks(self) -> dict[str, Callable[..., None]]:
         return {
@@ -113,6 +119,7 @@ class _FilePartCollector:
             "on_header_value": self.on_header_value,
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -165,3 +172,6 @@ class _FilePartCollector:
         if part.filename is not None:
             data = part.chunks[0] if len(part.chunks) == 1 else b"".join(part.chunks)
             self.files.append(FilePart(part.field_name, part.filename, data))
+
+    def on_end(self) -> None:
+        self.complete = True

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, multiprocess
 
 from contract.tf_log import min_log_level, quiet_tensorflow, start_background_import
+from service.metrics import aggregate_registry
 from service.process.supervisor import STARTUP_FAILURE
-from service.process.worker_report import report_when_ready
+from service.process.worker_report import report_when_ready, wait_until_ready
 from service.settings import Settings, env_name
 
 logger = logging.getLogger(__name__)
@@ -41,11 +43,11 @@ def prepare_multiprocess_metrics() -> None:
 def metrics_registry(own: CollectorRegistry | None) -> CollectorRegistry:
     """What the separate metrics port serves: ``own`` registry, or every worker's files."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not path and own is not None:
+    if not path:
+        if own is None:
+            raise ValueError("PROMETHEUS_MULTIPROC_DIR is not set and there is no registry")
         return own
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
-    return registry
+    return aggregate_registry(path)
 
 
 def tensorflow_threads_per_worker(settings: Settings, cpus: int) -> dict[str, str | None]:
@@ -110,8 +112,9 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> int:
         # DrainingServer shortens this to what is left of the grace period after the delay.
         "timeout_graceful_shutdown": max(1, math.ceil(settings.shutdown_grace_s)),
     }
-    # The supervisor's probe worker reports what its default model costs (others: no-op).
-    app = create_app(settings, background=[report_when_ready])
+    # Workers of the supervisor report when ready (the first also what its default model
+    # costs); one joining a serving worker takes connections only once ready. Else: no-ops.
+    app = create_app(settings, startup=[wait_until_ready], background=[report_when_ready])
     server = DrainingServer(
         ServiceConfig(app, **common),
         app=app,
@@ -128,6 +131,9 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> int:
     if min_log_level() > 0:
         # TensorFlow loads while the server starts, its start-up lines filtered (tf_log).
         start_background_import()
+    # The supervisor retires a worker with SIGUSR1 once others serve in its place: it stops
+    # taking connections and finishes what it has, without turning unready (others serve on).
+    signal.signal(signal.SIGUSR1, lambda signum, frame: server.retire())
     try:
         server.run(sockets=[sock] if sock is not None else None)
     finally:

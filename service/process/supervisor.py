@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
-from service.process.worker_report import READY_DIR_ENV, read_reports
+from service.process.worker_report import READY_DIR_ENV, WAIT_READY_ENV, read_reports
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +59,14 @@ RESTART_WINDOW_S = 60.0
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """The listening socket every worker accepts from (IPv6 when ``host`` is an IPv6 address)."""
+    """The socket every worker accepts from (IPv6 when ``host`` is an IPv6 address): bound, not
+    listening yet. The first worker's server listens when it starts (asyncio's ``create_server``
+    does), so a client that comes earlier is refused at once instead of waiting unanswered in a
+    queue nobody reads."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -205,33 +207,45 @@ class Supervisor:
             time.sleep(POLL_S)
         return None
 
+    def _wait_until_workers_ready(self, timeout_s: float) -> None:
+        """Until every worker has reported ready (or died, or the service stops)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stopping:
+            self._tick()  # restarts a worker that dies: the new one is waited for
+            reports = read_reports(self._ready_dir)
+            if all(p.pid in reports or not p.is_alive() for p in self._workers):
+                return
+            time.sleep(POLL_S)
+
     def _probe_then_start(self) -> None:
-        """Measure the default model in a worker that takes no requests (it listens on a
-        loopback port of its own), then start the workers that suit it."""
-        logger.info("measuring the default model in a first worker, with every core")
-        probe_sock = bind_socket("127.0.0.1", 0)
-        try:
-            # Only the probe reports (and times the model); the serving workers need not.
-            probe_env = {**(self._probe_env or {}), READY_DIR_ENV: str(self._ready_dir)}
-            probe = self._spawn(0, probe_env, sock=probe_sock)
-            self._retiring.append(probe)
-            cost = self._wait_for_report(probe, PROBE_TIMEOUT_S)
-            if probe.pid is not None and probe.is_alive():
-                self._signalled.add(probe.pid)
-                os.kill(probe.pid, signal.SIGTERM)
-        finally:
-            probe_sock.close()  # the probe has its own copy until it exits
+        """Measure the default model in a first worker that serves meanwhile, with every core,
+        then keep it alone (a model that bounds throughput) or hand over to the workers that
+        suit the model.
+
+        The first worker answers from the start (``/healthz`` 200, ``/readyz`` 503 until its
+        models are served). Workers started after it take connections only once their models
+        are served (:data:`WAIT_READY_ENV`), and the first one retires only then, finishing what
+        it has without turning unready: readiness goes from 503 to 200 once, never back.
+        """
+        logger.info("the first worker measures the default model, serving meanwhile")
+        first_env = {**(self._probe_env or {}), READY_DIR_ENV: str(self._ready_dir)}
+        first = self._spawn(0, first_env)
+        self._retiring.append(first)  # not restarted while it measures
+        cost = self._wait_for_report(first, PROBE_TIMEOUT_S)
         if self._stopping:
             return
-        if cost is not None and cost >= self._model_bound_s:
+        if cost is not None and cost >= self._model_bound_s and first.is_alive():
             logger.info(
                 "the default model takes %.1f ms per image: the model bounds throughput, so one "
                 "worker (one batcher, every core for TensorFlow) serves best; set "
                 "IMGCLS_WORKERS to run more",
                 cost * 1e3,
             )
-            self._count, self._worker_env = 1, self._probe_env or {}
-        elif cost is None:
+            self._retiring.remove(first)
+            self._count, self._worker_env = 1, first_env
+            self._workers = [first]
+            return
+        if cost is None:
             logger.warning("no default model measured; starting %d workers", self._count)
         else:
             logger.info(
@@ -240,7 +254,17 @@ class Supervisor:
                 cost * 1e3,
                 self._count,
             )
-        self._workers = [self._spawn(i, self._worker_env) for i in range(self._count)]
+        self._worker_env = {
+            **self._worker_env,
+            READY_DIR_ENV: str(self._ready_dir),
+            WAIT_READY_ENV: "1",
+        }
+        self._workers = [self._spawn(i + 1, self._worker_env) for i in range(self._count)]
+        self._wait_until_workers_ready(PROBE_TIMEOUT_S)
+        if first.pid is not None and first.is_alive() and not self._stopping:
+            logger.info("workers ready; the first worker retires (pid %s)", first.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first.pid, signal.SIGUSR1)
 
     def _tick(self) -> bool:
         """Handle signals and dead workers; True once stopping and every worker has exited."""

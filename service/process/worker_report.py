@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Set by the supervisor in a worker's environment: where that worker reports.
 READY_DIR_ENV = "IMGCLS_SUPERVISOR_READY_DIR"
+#: Set by the supervisor for workers that join a serving one: take no connection until ready.
+WAIT_READY_ENV = "IMGCLS_SUPERVISOR_WAIT_READY"
+#: Longest a joining worker waits for its models before it takes connections anyway (seconds).
+WAIT_READY_TIMEOUT_S = 600.0
 
 #: Seconds between checks for the default model while the worker starts.
 POLL_S = 0.2
@@ -68,6 +72,21 @@ def seconds_per_image(state: ServiceState) -> float:
     started = time.perf_counter()
     model.predict(batch)
     return (time.perf_counter() - started) / size
+
+
+async def wait_until_ready(state: ServiceState) -> None:
+    """Hold the lifespan's start-up (so uvicorn takes no connection yet) until the models are
+    served, when the supervisor asks (:data:`WAIT_READY_ENV`): a worker that joins a serving
+    one never answers ``/readyz`` 503 in between, so readiness never flaps."""
+    if not os.environ.get(WAIT_READY_ENV):
+        return
+    deadline = time.monotonic() + WAIT_READY_TIMEOUT_S
+    repository = state.repository
+    while not (repository.ready or nothing_to_load(repository) or state.shutting_down):
+        if time.monotonic() > deadline:
+            logger.warning("models not ready in %g s; taking connections", WAIT_READY_TIMEOUT_S)
+            return
+        await asyncio.sleep(POLL_S)
 
 
 async def report_when_ready(state: ServiceState) -> None:

@@ -113,6 +113,7 @@ async def explain(request: Request, state: State) -> JSONResponse:
         params.get("model") or None,
         version=params.get("version") or None,
         label=params.get("version_label") or None,
+        split=False,  # an explanation without parameters is of the default (stable) version
     )
     dataplane.record_model(request, model)
     if not model.has_endpoint(GRADCAM_ENDPOINT):

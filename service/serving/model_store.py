@@ -31,6 +31,7 @@ from contract.metadata import (
     verify_version_dir,
 )
 from contract.names import SERVE_ENDPOINT
+from contract.tf_log import import_filtered
 from service.serving.config import LatestPolicy, VersionPolicy, select_versions
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class LoadedModel:
 
 def load_saved_model(path: Path, metadata: ModelMetadata) -> LoadedModel:
     """Load a verified version folder with ``tf.saved_model.load`` (no Keras code needed)."""
+    import_filtered("tensorflow")  # the first import in a process filters its start-up lines
     import tensorflow as tf
 
     module = tf.saved_model.load(str(path))
@@ -224,7 +226,14 @@ class ModelStore:
         return failed is not None and failed[1] == self._fingerprint(version)
 
     async def poll_once(self) -> LoadedModel | None:
-        """One scan: load what the policy selects, then retire what it no longer selects."""
+        """One scan: load what the policy selects, then serve it and retire what it no longer
+        selects, in one step.
+
+        Versions loaded by this scan are not served until the scan ends: routing changes once,
+        from the old set of versions to the new one, so a configuration that adds several
+        versions never sends traffic to the first one loaded while the others load (the labels
+        that name them are applied right after, see ``ModelRepository.poll_once``).
+        """
         async with self._lock:
             self._refreeze_when_retired_are_gone()
             versions = await asyncio.to_thread(self._scan)
@@ -232,21 +241,25 @@ class ModelStore:
                 self.scanned = True
                 return self.current
             desired: list[int] = []
+            staged: dict[int, LoadedModel] = {}
             for _ in range(len(versions) + 1):  # each round marks at least one version failed
+                loaded = {**self._served, **staged}
                 candidates = [v for v in versions if not self._skip(v)]
                 desired = select_versions(self.policy, candidates)
                 desired += sorted((self.keep & set(candidates)) - set(desired), reverse=True)
-                if not desired and self._served:
+                if not desired and loaded:
                     # Nothing on disk qualifies (deleted, broken, a policy naming absent
                     # versions): keep the newest loaded version rather than go dark.
-                    desired = [max(self._served)]
-                missing = [v for v in desired if v not in self._served]
+                    desired = [max(loaded)]
+                missing = [v for v in desired if v not in loaded]
                 if not missing:
                     break
                 for version in missing:  # newest first
                     model = await self._try_load(version, self._fingerprint(version))
                     if model is not None:
-                        self._install(model)
+                        staged[version] = model
+            for model in staged.values():
+                self._install(model)
             for version in [v for v in self._served if v not in desired]:
                 self._retire(version)
             self.scanned = True

@@ -301,11 +301,13 @@ class ModelRepository:
         *,
         version: int | str | None = None,
         label: str | None = None,
+        split: bool = True,
     ) -> tuple[ServedModel, LoadedModel]:
         """The model and served version a request runs on.
 
         ``name`` None: the default model. ``version`` pins a version, ``label`` a labelled one;
-        neither: a weighted label for its share, else the default version.
+        neither: a weighted label for its share (``split``), else the default version (the one
+        ``stable`` names; :meth:`ServedModel.default_version`).
 
         Raises:
             ModelNotFound: an unknown model, version or label (naming what exists).
@@ -322,7 +324,7 @@ class ModelRepository:
             return served, self._pinned(served, version)
         if label is not None:
             return served, self._labelled(served, label)
-        model = served.pick_unpinned()
+        model = served.pick_unpinned() if split else served.default_version()
         if model is None:
             raise ModelNotReady(self.no_version_help(served))
         return served, model

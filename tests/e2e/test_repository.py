@@ -413,3 +413,90 @@ def test_unknown_names_add_no_metric_series(http: httpx.Client, digit_png: bytes
     assert not [v for v in label_values if "made-up" in v or v in ("99999", "77777")]
     assert {"digits", "other", "2", "3"} <= label_values
     assert metric_value(text, "imgcls_requests_total", {"code": "404", "model": ""}) >= len(paths)
+
+
+def test_a_config_edit_never_sends_unpinned_traffic_to_a_third_version(
+    http: httpx.Client, server: Server, repo: Path, digit_png: bytes
+) -> None:
+    """From ``{specific: [1]}`` to ``{all, labels: {stable: 1}}``: both send unpinned requests to
+    version 1, so while versions 2 and 3 load no request may go anywhere else (the new versions
+    are served, and the labels applied, in one step once every load is done)."""
+    only_one = "models:\n  digits:\n    version_policy: {specific: [1]}\n"
+    apply_config(http, repo, only_one, {}, [1])
+    answered: Counter[int] = Counter()
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not stop.is_set():
+                response = predict(client, "/predict", digit_png)
+                assert response.status_code == 200, response.text
+                answered[response.json()["model"]["version"]] += 1
+
+    with ThreadPoolExecutor(2) as pool:
+        clients = [pool.submit(loop) for _ in range(2)]
+        try:
+            time.sleep(0.5)
+            every = "models:\n  digits:\n    version_policy: all\n    labels: {stable: 1}\n"
+            apply_config(http, repo, every, {"stable": 1}, [1, 2, 3])
+            time.sleep(0.5)
+        finally:
+            stop.set()
+        for client in clients:
+            client.result()
+    assert set(answered) == {1}, answered
+    assert sum(answered.values()) >= 10, answered
+
+
+def test_explain_without_parameters_explains_the_default_version(
+    http: httpx.Client, base: dict[str, Any], digit_png: bytes
+) -> None:
+    """The canary's share is for /predict; an explanation without ``version`` or
+    ``version_label`` is always of the version ``stable`` names (README)."""
+    versions: Counter[int] = Counter()
+    for _ in range(20):
+        response = http.post("/explain", files={"file": ("seven.png", digit_png, "image/png")})
+        assert response.status_code == 200, response.text
+        versions[response.json()["model"]["version"]] += 1
+    assert versions == Counter({2: 20})
+    canary = http.post(
+        "/explain?version_label=canary", files={"file": ("seven.png", digit_png, "image/png")}
+    )
+    assert canary.json()["model"]["version"] == 3
+
+
+def test_the_documented_rollback_stops_and_then_unloads_a_canary(
+    http: httpx.Client, repo: Path, base: dict[str, Any], digit_png: bytes
+) -> None:
+    """docs/operations.md step 4: weight 0 sends every unpinned request back to stable; removing
+    the label and leaving the canary out of the policy unloads it. A policy alone does not:
+    a labelled version is always served (README, ``labels``)."""
+
+    def unpinned_versions(n: int = 30) -> Counter[int]:
+        return Counter(
+            predict(http, "/predict", digit_png).json()["model"]["version"] for _ in range(n)
+        )
+
+    def digits_now() -> dict[str, Any]:
+        return model_entry(http.get("/models").json(), "digits")
+
+    weight_zero = BASE_CONFIG.replace("weight: 0.3", "weight: 0")
+    apply_config(http, repo, weight_zero, {"stable": 2, "canary": 3}, [2, 3])
+    wait_for(lambda: digits_now()["labels"]["canary"]["weight"] == 0, "canary weight 0")
+    assert unpinned_versions() == Counter({2: 30})
+    assert predict(http, "/models/digits/versions/3/predict", digit_png).status_code == 200
+
+    policy_only = BASE_CONFIG.replace("{latest: 2}", "{specific: [2]}")
+    apply_config(http, repo, policy_only, {"stable": 2, "canary": 3}, [2, 3])
+    wait_for(lambda: digits_now()["policy"] != "latest 2", "the specific policy in force")
+    time.sleep(1.0)  # a few polls more: the labelled canary stays served
+    assert sorted(
+        v
+        for v, state in versions_in(http.get("/models").json(), "digits").items()
+        if state == "serving"
+    ) == [2, 3]
+
+    unload = "models:\n  digits:\n    version_policy: {specific: [2]}\n    labels: {stable: 2}\n"
+    apply_config(http, repo, unload, {"stable": 2}, [2])
+    assert unpinned_versions() == Counter({2: 30})
+    assert predict(http, "/models/digits/versions/3/predict", digit_png).status_code == 404

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.images import gray_png
-from tests.helpers.servers import Server, metric_value
+from tests.helpers.servers import Server, metric_value, start_server, stop_server
 from training.data import load_digits_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -109,6 +109,60 @@ def test_auto_without_a_model_starts_the_workers_at_once(
     assert response.status_code == 503
     assert "train.py" in response.json()["detail"]
     cpus = auto_workers(usable_cpus())
-    assert len(worker_pids(srv.process.pid)) == (cpus if cpus > 1 else 0)
+    expected = cpus if cpus > 1 else 0
+    deadline = time.monotonic() + 120  # the first worker hands over once the others are up
+    while time.monotonic() < deadline and len(worker_pids(srv.process.pid)) != expected:
+        time.sleep(0.5)
+    assert len(worker_pids(srv.process.pid)) == expected
     if cpus > 1:
         assert "no default model measured" in srv.log()
+
+
+def probe(url: str) -> str:
+    """A probe's status code as text, or why there was none (``refused``, ``timeout``)."""
+    try:
+        return str(httpx.get(url, timeout=1.0).status_code)
+    except httpx.ConnectError:
+        return "refused"
+    except httpx.TimeoutException:
+        return "timeout"
+
+
+def test_auto_answers_probes_from_the_start_and_becomes_ready_once(
+    trained_repo: Path, tmp_path: Path
+) -> None:
+    """``auto`` on several CPUs: /healthz and /readyz, polled every 100 ms from the first
+    second, always answer (200; 503 then 200, never back to 503) while the first worker
+    measures the model and hands over to the workers that suit it."""
+    from service.settings import auto_workers, usable_cpus
+
+    if auto_workers(usable_cpus()) < 2:
+        pytest.skip("one usable CPU: auto runs one process, no hand-over")  # not CI's 2 cores
+    started = time.monotonic()
+    srv = start_server(trained_repo, tmp_path, wait=False, workers="auto")
+    seen: list[tuple[float, str, str]] = []
+    ready_at: float | None = None
+    try:
+        while time.monotonic() - started < 180:
+            health, ready = probe(srv.url + "/healthz"), probe(srv.url + "/readyz")
+            now = time.monotonic() - started
+            seen.append((now, health, ready))
+            if ready == "200" and ready_at is None:
+                ready_at = now
+            handed_over = "the first worker retires" in srv.log()
+            if ready_at is not None and handed_over and now - ready_at > 3.0:
+                break  # three more seconds after the hand-over began
+            time.sleep(0.1)
+        assert ready_at is not None, (seen[-5:], srv.log()[-3000:])
+        assert "the first worker retires" in srv.log(), srv.log()[-3000:]
+        # Once the port is bound (the supervisor binds it first), every probe is answered.
+        answered = [row for row in seen if row[1] != "refused"]
+        assert answered and answered[0][0] < 5.0, seen[:10]
+        assert {health for _, health, _ in answered} == {"200"}, answered
+        readiness = [ready for _, _, ready in answered]
+        first_ready = readiness.index("200")
+        assert set(readiness[:first_ready]) <= {"503"}, readiness
+        assert set(readiness[first_ready:]) == {"200"}, readiness  # never back to 503
+        print(f"auto: /readyz 200 after {ready_at:.1f} s")
+    finally:
+        stop_server(srv)

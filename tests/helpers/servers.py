@@ -37,9 +37,10 @@ class Server:
 
 
 def start_server(
-    models_dir: Path, log_dir: Path, *, wait_ready: bool = True, **settings: str
+    models_dir: Path, log_dir: Path, *, wait_ready: bool = True, wait: bool = True, **settings: str
 ) -> Server:
-    """Start ``python -m service`` on a free loopback port; wait for /healthz (and /readyz)."""
+    """Start ``python -m service`` on a free loopback port; wait for /healthz (and /readyz),
+    unless ``wait`` is False (the test watches the start itself)."""
     port = free_port()
     env = quiet_env(
         IMGCLS_HOST="127.0.0.1",
@@ -58,6 +59,8 @@ def start_server(
             text=True,
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    if not wait:
+        return server
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S
     path = "/readyz" if wait_ready else "/healthz"
     while time.monotonic() < deadline:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.images import digit_pngs
 from tests.helpers.models import republish
@@ -531,3 +532,100 @@ def test_invalid_serving_config_is_reported_and_the_last_good_one_kept(
         lambda: alert_state(prom, "ImgclsServingConfigInvalid"),
         done=lambda state: state == "inactive",
     )
+
+
+# --- series follow what is served, with several workers ----------------------------------------
+def exposed(text: str, name: str) -> set[tuple[tuple[str, str], ...]]:
+    """The label sets of ``name``'s samples in a text exposition (NaN ones included)."""
+    found = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                found.add(tuple(sorted(sample.labels.items())))
+    return found
+
+
+def test_series_follow_what_is_served_with_two_workers(
+    prometheus_binary: str, trained_repo: Path, tmp_path: Path
+) -> None:
+    """Retired versions, removed labels and a removed model leave /metrics and Prometheus with
+    two workers too (multiprocess mode cannot remove a series from its files)."""
+    models_dir = tmp_path / "models"
+    shutil.copytree(trained_repo, models_dir)
+    assert republish(models_dir) == 2
+    assert republish(models_dir) == 3
+    assert republish(models_dir, as_name="letters") == 1
+    (models_dir / "serving.yaml").write_text(
+        "models:\n  digits:\n    version_policy: all\n"
+        "    labels: {stable: 1, canary: {version: 2, weight: 0.5}}\n"
+    )
+    server = start_server(models_dir, tmp_path, workers="2", poll_interval_s="0.5")
+    prometheus: Prometheus | None = None
+    try:
+        prom = prometheus = start_prometheus(
+            prometheus_binary, server.url.removeprefix("http://"), tmp_path
+        )
+        prom.wait_for(
+            "every version and both labels scraped",
+            lambda: (
+                prom.scalar("count(imgcls_model_info)"),
+                prom.scalar("count(imgcls_version_label_info)"),
+            ),
+            done=lambda counts: counts == (4, 2),
+            timeout_s=PROMETHEUS_START_TIMEOUT_S,
+        )
+        with server.client() as client:  # per-version series of the versions about to retire
+            for version in (1, 2):
+                png = digit_pngs(1)[0]
+                path = f"/models/digits/versions/{version}/predict"
+                assert client.post(path, files={"file": ("d.png", png, "image/png")}).is_success
+
+        (models_dir / "serving.yaml").write_text(
+            "models:\n  digits:\n    version_policy: {latest: 1}\n"
+        )
+        shutil.rmtree(models_dir / "letters")
+
+        def current() -> dict[str, set[tuple[tuple[str, str], ...]]]:
+            text = httpx.get(server.url + "/metrics", timeout=10.0).text  # either worker
+            return {
+                name: exposed(text, name)
+                for name in (
+                    "imgcls_model_info",
+                    "imgcls_version_label_info",
+                    "imgcls_version_label_weight",
+                    "imgcls_batch_queue_depth",
+                    "imgcls_requests_total",
+                )
+            }
+
+        only_v3 = {(("name", "digits"), ("version", "3"))}
+        series = prom.wait_for(
+            "only digits 3 in /metrics",
+            current,
+            done=lambda found: found["imgcls_model_info"] == only_v3,
+        )
+        for _ in range(5):  # every scrape, whichever worker answers it
+            series = current()
+            assert series["imgcls_model_info"] == only_v3
+            assert series["imgcls_version_label_info"] == set()
+            assert series["imgcls_version_label_weight"] == set()
+            assert {dict(s)["model"] for s in series["imgcls_batch_queue_depth"]} <= {"digits"}
+            versions = {dict(s)["version"] for s in series["imgcls_requests_total"]}
+            assert versions <= {"", "3"}, versions
+        prom.wait_for(
+            "Prometheus sees only digits 3 and no label",
+            lambda: (
+                prom.query("imgcls_model_info"),
+                prom.query("imgcls_version_label_info"),
+                prom.query("imgcls_version_label_weight"),
+                prom.query('imgcls_batch_queue_depth{model="letters"}'),
+            ),
+            done=lambda found: (
+                [r["metric"]["version"] for r in found[0]] == ["3"] and not any(found[1:])
+            ),
+        )
+        assert "Removal of labels has not been implemented" not in server.log()
+    finally:
+        if prometheus is not None:
+            stop_prometheus(prometheus)
+        stop_server(server)

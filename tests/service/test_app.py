@@ -28,3 +28,34 @@ def test_lifespan_sets_the_gil_switch_interval(tmp_path: Path) -> None:
         assert asyncio.run(body()) == pytest.approx(0.002)
     finally:
         sys.setswitchinterval(previous)
+
+
+@pytest.mark.e2e  # a child process that imports TensorFlow
+def test_thread_settings_import_tensorflow_without_its_start_up_lines() -> None:
+    """With threads set per worker (several workers), the lifespan imports TensorFlow to apply
+    them: that import must drop the C++ start-up lines like every other (it raced the filtered
+    background import and sometimes won, printing them at info)."""
+    import re
+    import subprocess
+
+    from tests.helpers.processes import PYTHON, ROOT, quiet_env
+
+    script = (
+        "from service.app import configure_tensorflow_threads\n"
+        "from service.settings import Settings\n"
+        "configure_tensorflow_threads(Settings(tf_intra_op_threads=1))\n"
+        "import tensorflow as tf\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads())\n"
+    )
+    done = subprocess.run(
+        [PYTHON, "-c", script],
+        cwd=ROOT,
+        env=quiet_env(TF_CPP_MIN_LOG_LEVEL="3"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "1"
+    tf_lines = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:|absl::InitializeLog|cuda", re.M | re.I)
+    assert not tf_lines.search(done.stderr), done.stderr[-3000:]

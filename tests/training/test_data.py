@@ -329,10 +329,36 @@ def test_cli_survives_every_kind_of_bad_input(tmp_path: Path) -> None:
     assert metadata.class_names == ["lonely", "one", "seven", "zero"]
     assert summary.skipped_files == 3 == metadata.training["skipped_files"]
     assert summary.class_counts["lonely"] == 1
-    assert summary.imbalance_ratio == pytest.approx(1 / 25, abs=1e-3)
+    # truncated.jpg (its header reads, its data does not) counts as skipped, not as a seven.
+    assert summary.class_counts["seven"] == 24
+    assert summary.files == sum(summary.class_counts.values()) + summary.skipped_files
+    assert summary.imbalance_ratio == pytest.approx(1 / 24, abs=1e-3)
     assert summary.class_weights is not None and summary.class_weights["lonely"] > 10
     assert summary.input_shape == [metadata.input.height, metadata.input.width, 3]
     assert summary.input_shape[2] == 3 and "median of" in summary.input_shape_reason
+
+
+@pytest.mark.e2e  # runs training/train.py
+def test_the_same_folder_gives_the_same_counts_with_a_reused_cache(tmp_path: Path) -> None:
+    """A file whose header reads but whose data does not is counted once (skipped), and a
+    second run that reuses the --cache (never decoding that file again) counts it the same."""
+    data_dir = make_folder(tmp_path / "counted", per_class=12)
+    cache = tmp_path / "cache"
+    summaries = []
+    for run in ("first", "second"):
+        done = _cli("--data", str(data_dir), "--cache", str(cache), tmp=tmp_path / run)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stderr.count("truncated.jpg") == 1, done.stderr[-3000:]
+        summary = verify_version_dir(tmp_path / run / "models" / "counted" / "1").data_summary
+        assert isinstance(summary, DataSummary)
+        summaries.append(summary)
+    first, second = summaries
+    files = 3 * 12 + 2  # garbage.png (refused when listed) and truncated.jpg (fails to decode)
+    for summary in summaries:
+        assert summary.files == files == sum(summary.class_counts.values()) + 2
+        assert summary.skipped_files == 2
+        assert summary.class_counts == {"one": 12, "seven": 12, "zero": 12}
+    assert first.class_counts == second.class_counts and first.files == second.files
 
 
 @pytest.mark.e2e  # runs training/train.py

@@ -292,6 +292,9 @@ def _probe(*args: str) -> subprocess.CompletedProcess[str]:
             ["--distribute", "multi-worker"],
             "error: --distribute multi-worker needs TF_CONFIG",
         ),
+        (["--input-shape", "16,16"], "train.py: error: argument --input-shape"),
+        (["--val-split", "1.5"], "train.py: error: argument --val-split"),
+        (["--epochs", "0"], "train.py: error: argument --epochs"),
     ],
 )
 def test_user_mistakes_are_reported_before_tensorflow_is_imported(
@@ -301,6 +304,7 @@ def test_user_mistakes_are_reported_before_tensorflow_is_imported(
     lines = done.stderr.strip().splitlines()
     assert lines[-1] == "PROBE exit=2 imported=none", done.stderr[-3000:]
     assert lines[-2].startswith(error), done.stderr[-3000:]
+    assert len(lines) == 2, done.stderr[-3000:]  # one error: line, no usage block before it
     assert not _TF_LINE.search(done.stderr), done.stderr[-3000:]
     assert done.stdout == ""
 

@@ -131,9 +131,15 @@ def test_same_refusal_as_starlette(case: str) -> None:
 
 # Starlette leaves the unfinished part's spooled file for the garbage collector.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_truncated_body_gives_what_starlette_gives() -> None:
+def test_a_truncated_body_is_refused_where_starlette_drops_the_part() -> None:
+    """Starlette reads a body cut off before its closing boundary as a form without the
+    unfinished part (so the client hears "field missing"); we refuse it as malformed."""
     raw = part("file", b"x")[:-2] + b"junk"  # no closing boundary
-    assert our_outcome(raw, CONTENT_TYPE) == starlette_outcome(raw, CONTENT_TYPE)
+    assert starlette_outcome(raw, CONTENT_TYPE) == ("files", [])
+    assert our_outcome(raw, CONTENT_TYPE) == (
+        "refused",
+        "the body ends before the closing boundary (truncated?)",
+    )
 
 
 def test_a_file_part_is_bounded_only_by_the_body() -> None:
