@@ -27,13 +27,14 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 
 __all__ = [
     "StartupLineFilter",
     "import_filtered",
     "import_tensorflow_filtered",
     "min_log_level",
+    "on_first_import",
     "quiet_tensorflow",
     "start_background_import",
 ]
@@ -137,7 +138,21 @@ def _filtered_stderr(level: int) -> Iterator[None]:
 #: One filtered import at a time: two threads redirecting descriptor 2 at once would undo each
 #: other's redirection, and a thread importing TensorFlow plainly while another filters would
 #: print the lines the filter is there to drop.
-_IMPORT_LOCK = threading.Lock()
+_IMPORT_LOCK = threading.RLock()
+#: Run right after TensorFlow's first import (see :func:`on_first_import`).
+_AFTER_IMPORT: list[Callable[[], None]] = []
+
+
+def on_first_import(callback: Callable[[], None]) -> None:
+    """Run ``callback`` right after TensorFlow's first import in this process, by whichever
+    thread imports it through :func:`import_filtered`, before any other thread can use it (at
+    once when TensorFlow is already imported). For what must precede TensorFlow's runtime, such
+    as its thread-pool sizes, without importing TensorFlow now."""
+    with _IMPORT_LOCK:
+        if "tensorflow" in sys.modules:
+            callback()
+        else:
+            _AFTER_IMPORT.append(callback)
 
 
 def import_filtered(module: str, environ: Mapping[str, str] = os.environ) -> None:
@@ -155,6 +170,10 @@ def import_filtered(module: str, environ: Mapping[str, str] = os.environ) -> Non
         level = min_log_level(environ)
         with _filtered_stderr(level) if level > 0 else contextlib.nullcontext():
             importlib.import_module(module)
+        if "tensorflow" in sys.modules:
+            callbacks, _AFTER_IMPORT[:] = list(_AFTER_IMPORT), []
+            for callback in callbacks:
+                callback()
 
 
 def import_tensorflow_filtered(environ: Mapping[str, str] = os.environ) -> None:

@@ -38,10 +38,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, help="default 8000")
     parser.add_argument("--models-dir", type=Path, help="model repository (default models/)")
-    parser.add_argument("--model-name", help="which model under the repository (default digits)")
+    parser.add_argument(
+        "--model-name",
+        help="the default model (for /predict, /explain and the page); every model folder of "
+        "the repository is served (default digits)",
+    )
     parser.add_argument(
         "--workers",
-        help="worker processes, or auto: one per usable CPU, at most 4 (default auto)",
+        help="worker processes, or auto: one per usable CPU (at most 4) for a model cheaper than "
+        "2 ms per image, else one (default auto)",
     )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     return parser.parse_args(argv)

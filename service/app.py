@@ -19,12 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contract.tf_log import import_filtered
+from contract.tf_log import on_first_import
 from service.http.cors import JSONCORSMiddleware
-from service.http.errors import ClientError, client_error
+from service.http.errors import ClientError, client_error, error_body
 from service.http.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
 from service.metrics import ServiceMetrics
-from service.protocols import error_body
 from service.routes import explain, health, metrics, models, page, predict, report, tfserving, v2
 from service.serving.batching import ShuttingDownError
 from service.serving.errors import ServingError
@@ -59,10 +58,14 @@ class BatcherMetrics:
 
 
 def configure_tensorflow_threads(settings: Settings) -> None:
-    """Apply the TF thread-pool sizes; only possible before TensorFlow's runtime starts."""
-    if not (settings.tf_intra_op_threads or settings.tf_inter_op_threads):
-        return
-    import_filtered("tensorflow")  # not a plain import: its start-up lines stay out of the log
+    """Apply the TF thread-pool sizes as soon as TensorFlow is imported (by the first model
+    load, or the background import), before its runtime starts: registering them imports
+    nothing, so the server starts taking connections without waiting for TensorFlow."""
+    if settings.tf_intra_op_threads or settings.tf_inter_op_threads:
+        on_first_import(lambda: _apply_tensorflow_threads(settings))
+
+
+def _apply_tensorflow_threads(settings: Settings) -> None:
     import tensorflow as tf
 
     try:

@@ -221,6 +221,7 @@ def load_folder_data(
     test_split: float = 0.15,
     input_shape: tuple[int, int, int] | None = None,
     min_side: int = 1,
+    class_weighted: bool = False,
 ) -> FolderData:
     """List, check, fingerprint and split ``folder/<class>/<image>`` files of any size and mode.
 
@@ -262,7 +263,7 @@ def load_folder_data(
     for name, count in counts.items():
         if count == 0:
             logger.warning("class %s has no readable images; it is never predicted", name)
-    _report_imbalance(counts)
+    _report_imbalance(counts, class_weighted=class_weighted)
     train_idx, val_idx, test_idx = split_by_class(
         kept_labels, class_names, val_split=val_split, test_split=test_split
     )
@@ -327,7 +328,7 @@ def _scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
         raise DataError(f"no jpg/png/webp/bmp/gif images under {folder}")
     if len(class_names) < 2:
         raise DataError(
-            f"{folder} has images for only one class ({class_names[0]}); need at least two"
+            f"{folder} has image files for only one class ({class_names[0]}); need at least two"
         )
     return files, labels, class_names
 
@@ -486,19 +487,25 @@ def with_min_side(data: FolderData, min_side: int) -> FolderData:
     return dataclasses.replace(data, default_input_shape=shape, input_shape_reason=reason)
 
 
-def _report_imbalance(counts: dict[str, int]) -> None:
-    """Log images per class; warn for every class under 10% of the largest."""
+def _report_imbalance(counts: dict[str, int], *, class_weighted: bool = False) -> None:
+    """Log images per class; warn for every class under 10% of the largest (suggesting
+    ``--class-weight balanced`` only when the run does not use it already)."""
     logger.info("images per class: %s", counts)
     largest = max(counts.values())
+    advice = (
+        "--class-weight balanced weighs it up; more data would help"
+        if class_weighted
+        else "consider --class-weight balanced or more data"
+    )
     for name, count in counts.items():
         if 0 < count < IMBALANCE_WARN_RATIO * largest:
             logger.warning(
-                "class %s has %d image(s), under %d%% of the largest class (%d); "
-                "consider --class-weight balanced or more data",
+                "class %s has %d image(s), under %d%% of the largest class (%d); %s",
                 name,
                 count,
                 round(IMBALANCE_WARN_RATIO * 100),
                 largest,
+                advice,
             )
 
 

@@ -391,6 +391,7 @@ def load_data(args: argparse.Namespace) -> ImageData | FolderData:
         val_split=args.val_split,
         test_split=args.test_split or 0.15,
         input_shape=args.input_shape,
+        class_weighted=args.class_weight == "balanced",
     )
     from training.architectures import min_input_size  # Keras: only once the data is fine
 

@@ -10,6 +10,7 @@ front end maps the same table to its status codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException
 
@@ -25,6 +26,18 @@ from service.serving.errors import (
     ServingError,
     ShuttingDown,
 )
+
+#: Path prefixes whose errors are ``{"error": "..."}`` (TF Serving's and the V2 protocol's
+#: shape, what their clients read), not ``{"detail": "..."}``.
+PROTOCOL_PREFIXES = ("/v1/", "/v2")
+
+
+def error_body(path: str, message: str) -> dict[str, Any]:
+    """The JSON error body a client of the route at ``path`` expects (the app's handlers and
+    the connection guard's refusals alike)."""
+    if path.startswith(PROTOCOL_PREFIXES):
+        return {"error": message}
+    return {"detail": message}
 
 
 class ClientError(HTTPException):

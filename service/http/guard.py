@@ -28,6 +28,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.http.disconnect import SCOPE_KEY, ConnectionWatch
+from service.http.errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +112,9 @@ class _QuietClientMistakes:
 
 
 def _raw_response(
-    status: int, detail: str, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    status: int, answer: dict[str, str], extra_headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> bytes:
-    body = json.dumps({"detail": detail}).encode()
+    body = json.dumps(answer).encode()
     lines = [
         STATUS_LINE[status],
         b"content-type: application/json\r\n",
@@ -228,6 +229,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             f"{self.limits.header_timeout_s:g} s",
         )
 
+    def _request_path(self) -> str:
+        """The path of the request being read, as far as it arrived ("" before any): a refusal
+        on a TF Serving or V2 route gets those protocols' ``{"error": ...}`` body."""
+        url = getattr(self, "url", b"") or b""
+        return bytes(url).split(b"?", 1)[0].decode("latin-1")
+
     def _refuse(
         self, status: int, detail: str, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
     ) -> None:
@@ -248,5 +255,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 return
             cycle.disconnected = True
             cycle.message_event.set()
-        self.transport.write(_raw_response(status, detail, extra_headers))
+        answer = error_body(self._request_path(), detail)
+        self.transport.write(_raw_response(status, answer, extra_headers))
         self.transport.close()

@@ -149,6 +149,14 @@ def _multipart_error(message: str, max_images: int) -> ClientError:
             "request",
             reason="bad_request",
         )
+    if message.startswith("Part exceeded maximum size"):
+        return ClientError(
+            400,
+            f"a form field without a filename is over {MAX_OTHER_FIELD_BYTES // 1024} KB: send "
+            f"each image as a file part (curl -F {FIELD_NAME}=@digit.png ...); other fields "
+            f"take at most {MAX_OTHER_FIELD_BYTES // 1024} KB",
+            reason="bad_request",
+        )
     return ClientError(
         400,
         f"malformed multipart body: {message} (parts must be separated by the boundary named "

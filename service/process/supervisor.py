@@ -160,6 +160,11 @@ class Supervisor:
         logger.info("worker %d started (pid %s)", index, process.pid)
         return process
 
+    def _joining_env(self) -> dict[str, str | None]:
+        """The environment of a worker that joins serving ones: it takes connections only once
+        its models are served (:data:`WAIT_READY_ENV`)."""
+        return {**self._worker_env, WAIT_READY_ENV: "1"}
+
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         # Forwarded at once (a Python-level handler, run by the main thread between bytecodes):
         # each worker turns unready the moment the supervisor is told, as one process would.
@@ -186,7 +191,13 @@ class Supervisor:
             if self._probe_env is not None and self._count > 1:
                 self._probe_then_start()
             else:
-                self._workers = [self._spawn(i, self._worker_env) for i in range(self._count)]
+                # The first answers at once (503 until ready); the others join once ready, so
+                # no client meets a worker still loading while another serves.
+                joining = self._joining_env()
+                self._workers = [
+                    self._spawn(i, self._worker_env if i == 0 else joining)
+                    for i in range(self._count)
+                ]
             while not self._tick():
                 time.sleep(POLL_S)
             return STARTUP_FAILURE if self._failed else 0
@@ -234,16 +245,19 @@ class Supervisor:
         cost = self._wait_for_report(first, PROBE_TIMEOUT_S)
         if self._stopping:
             return
-        if cost is not None and cost >= self._model_bound_s and first.is_alive():
+        if cost is not None and cost >= self._model_bound_s:
             logger.info(
                 "the default model takes %.1f ms per image: the model bounds throughput, so one "
                 "worker (one batcher, every core for TensorFlow) serves best; set "
                 "IMGCLS_WORKERS to run more",
                 cost * 1e3,
             )
-            self._retiring.remove(first)
             self._count, self._worker_env = 1, first_env
-            self._workers = [first]
+            if first.is_alive():  # it serves on (restarted like any worker from now on)
+                self._retiring.remove(first)
+                self._workers = [first]
+            else:
+                self._workers = [self._spawn(0, first_env)]
             return
         if cost is None:
             logger.warning("no default model measured; starting %d workers", self._count)
@@ -254,12 +268,8 @@ class Supervisor:
                 cost * 1e3,
                 self._count,
             )
-        self._worker_env = {
-            **self._worker_env,
-            READY_DIR_ENV: str(self._ready_dir),
-            WAIT_READY_ENV: "1",
-        }
-        self._workers = [self._spawn(i + 1, self._worker_env) for i in range(self._count)]
+        self._worker_env = {**self._worker_env, READY_DIR_ENV: str(self._ready_dir)}
+        self._workers = [self._spawn(i + 1, self._joining_env()) for i in range(self._count)]
         self._wait_until_workers_ready(PROBE_TIMEOUT_S)
         if first.pid is not None and first.is_alive() and not self._stopping:
             logger.info("workers ready; the first worker retires (pid %s)", first.pid)
@@ -305,7 +315,9 @@ class Supervisor:
                 process.pid,
                 process.exitcode,
             )
-            self._workers[index] = self._spawn(index, self._worker_env)
+            # A replacement beside serving workers joins once ready; a lone one answers at once.
+            env = self._joining_env() if len(self._workers) > 1 else self._worker_env
+            self._workers[index] = self._spawn(index, env)
         return self._stopping and not any(
             process.is_alive() for process in [*self._workers, *self._retiring]
         )

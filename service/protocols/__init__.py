@@ -8,15 +8,3 @@ gRPC front end can reuse them (the seam: build the same :class:`ImagesInput` fro
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-#: Path prefixes whose errors are ``{"error": "..."}`` (their protocols' shape), not ``detail``.
-PROTOCOL_PREFIXES = ("/v1/", "/v2")
-
-
-def error_body(path: str, message: str) -> dict[str, Any]:
-    """The JSON error body a client of the route at ``path`` expects."""
-    if path.startswith(PROTOCOL_PREFIXES):
-        return {"error": message}
-    return {"detail": message}

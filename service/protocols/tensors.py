@@ -71,12 +71,18 @@ def pixel_batch(
                 f"{what}: shape {list(shape)} needs {math.prod(shape)} values, got {array.size}"
             )
         array = array.reshape(tuple(shape))
-    if array.ndim == 3:  # one image, no batch dimension
+    received = list(array.shape)  # as the client sent it, for the message
+    if array.ndim == 3 and array.shape[-1] == 3:  # one image, no batch dimension
         array = array[None]
     if array.ndim != 4 or array.shape[-1] != 3:
+        hint = (
+            "; each pixel is [R, G, B]: a grey image repeats its value three times"
+            if received and received[-1] != 3
+            else ""
+        )
         raise bad_input(
             f"{what}: expected pixels of shape (N, height, width, 3) (RGB, 0..255), got "
-            f"{list(array.shape)}"
+            f"{received}{hint}"
         )
     count, height, width, _ = array.shape
     check_count(count, max_images)

@@ -6,7 +6,7 @@
   ``{"predictions": [[p_0, ..., p_C-1], ...]}`` (``{"outputs": ...}`` for columnar requests).
 * Model status lists versions with TF Serving's states; metadata describes the
   ``serving_default`` signature (input and output dtypes and shapes).
-* Errors are ``{"error": "..."}`` (see ``service.protocols.error_body``).
+* Errors are ``{"error": "..."}`` (see ``service.http.errors.error_body``).
 """
 
 from __future__ import annotations

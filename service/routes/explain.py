@@ -108,6 +108,12 @@ async def explain(request: Request, state: State) -> JSONResponse:
     check_api_key(request, state.settings.api_keys)
     k = dataplane.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
     params = request.query_params
+    if params.get("version") and params.get("version_label"):
+        raise ClientError(
+            400,
+            "give version or version_label, not both: each names a version to explain",
+            reason="bad_request",
+        )
     _, model = dataplane.choose_model(
         state,
         params.get("model") or None,

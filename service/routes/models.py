@@ -23,6 +23,7 @@ def describe_model(served: ServedModel) -> dict[str, Any]:
     """One model: versions and states, labels, policy, limits, the default version's metadata
     (``serving``) and every served version's (``served``, newest first)."""
     default = served.default_version()
+    problems = served.label_problems()
     return {
         "name": served.name,
         "default_version": default.version if default is not None else None,
@@ -32,6 +33,7 @@ def describe_model(served: ServedModel) -> dict[str, Any]:
                 "version": target.version,
                 "weight": target.weight,
                 "served": target.version in served.store.served,
+                **({"problem": problems[name]} if name in problems else {}),
             }
             for name, target in sorted(served.config.labels.items())
         },

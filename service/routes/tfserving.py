@@ -66,10 +66,14 @@ def _status(state: ServiceState, name: str, version: int | None = None) -> dict[
         rows = [row for row in rows if row.version == version]
     answer = tfserving.version_status(rows)
     if not answer["model_version_status"]:
-        what = f"version {version} of {name!r}" if version is not None else f"{name!r}"
+        what = (
+            f"version {version} of {name!r} is not managed (neither served, loading nor failed)"
+            if version is not None
+            else f"no managed version of {name!r}"
+        )
         raise ClientError(
             404,
-            f"no managed version of {what}; served versions: "
+            f"{what}; served versions: "
             f"{', '.join(str(v) for v in sorted(served.store.served)) or 'none'}",
             reason="not_found",
         )

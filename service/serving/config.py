@@ -165,11 +165,58 @@ def parse_config(text: str, source: str = CONFIG_FILE) -> ServingConfig:
     try:
         return ServingConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ServingConfigError(
-            f"{source}: {where}: {first['msg']} ({exc.error_count()} problem(s) in all)"
-        ) from None
+        problems = describe_problems(exc)
+        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+        extra = len(problems) - MAX_PROBLEMS_SHOWN
+        more = f" (and {extra} more)" if extra > 0 else ""
+        count = f"{len(problems)} problems: " if len(problems) > 1 else ""
+        raise ServingConfigError(f"{source}: {count}{shown}{more}") from None
+
+
+#: Problems of one invalid file named in its message (the rest are counted).
+MAX_PROBLEMS_SHOWN = 3
+#: What a ``version_policy`` may be, for the one message every wrong policy gets.
+POLICY_FORMS = "must be {latest: N}, {specific: [versions]} or all"
+
+
+def describe_problems(exc: ValidationError) -> list[str]:
+    """Each problem of the file once, as ``where: what``, in the file's own terms.
+
+    pydantic names the members of a union in its locations (``LatestPolicy``,
+    ``literal['all']``) and reports a wrong value once per member; a user wrote none of those
+    names, and made one mistake: the members are dropped from the location, and a policy that
+    matches no form is one problem that lists the forms. pydantic's ``Value error, `` prefix
+    goes too.
+    """
+    problems: list[str] = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        if "version_policy" in loc:
+            at = loc.index("version_policy")
+            where = ".".join(loc[: at + 1])
+            field = loc[at + 2 :]  # after the union member's name: the key the user wrote
+            if field and error["type"] not in ("extra_forbidden", "missing"):
+                problem = f"{where}.{'.'.join(field)}: {error['msg']}"  # e.g. latest: 0
+            else:
+                problem = f"{where}: {POLICY_FORMS}"
+        else:
+            where = ".".join(loc)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            message = re.sub(r" or instance of \w+", "", message)  # our class names
+            problem = f"{where}: {message}" if where else message
+        if problem not in problems:
+            problems.append(problem)
+    # A policy whose form is right but whose value is not ({latest: 0}): that message alone.
+    precise = {
+        problem.split(": ", 1)[0].rsplit(".", 1)[0]
+        for problem in problems
+        if ".version_policy." in problem.split(": ", 1)[0]
+    }
+    return [
+        problem
+        for problem in problems
+        if not (problem.endswith(POLICY_FORMS) and problem.split(": ", 1)[0] in precise)
+    ]
 
 
 @dataclass
@@ -223,7 +270,12 @@ class ConfigWatcher:
 
     def _reject(self, problem: str, digest: str | None) -> ConfigState:
         if problem != self.state.problem:
-            logger.warning("%s; keeping the last good serving configuration", problem)
+            kept = (
+                "keeping the last good serving configuration"
+                if self.state.config is not DEFAULT_CONFIG or self.state.digest is not None
+                else "no good configuration yet: every model serves its latest version"
+            )
+            logger.warning("%s; %s", problem, kept)
         self.state.problem = problem
         self.state.digest = digest
         return self.state

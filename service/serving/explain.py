@@ -232,7 +232,11 @@ def explain_image(
     # part of the image that was (older versions' endpoints lack these outputs).
     crop: tuple[float, float, float, float] | None = None
     if "crop_box" in out:
-        top, left, bottom, right = (float(v) for v in np.asarray(out["crop_box"])[0])
+        # The network's view of a small, centred digit reaches past the image (the margin
+        # around the scaled digit): the part OF THE IMAGE it saw is that box clipped to it.
+        top, left, bottom, right = (
+            min(1.0, max(0.0, float(v))) for v in np.asarray(out["crop_box"])[0]
+        )
         crop = (top, left, bottom, right)
     gradcam: dict[str, Any] = {
         "height": int(heatmap.shape[0]),

@@ -85,6 +85,22 @@ class ServedModel:
         """Label -> version, as configured (whether or not that version is served)."""
         return {name: target.version for name, target in self.config.labels.items()}
 
+    def label_problems(self) -> dict[str, str]:
+        """Label -> why the version it names is not served (absent, loading, failed)."""
+        served = self.store.served
+        rows = {row.version: row for row in self.store.statuses()}
+        problems = {}
+        for label, target in sorted(self.config.labels.items()):
+            if target.version in served:
+                continue
+            row = rows.get(target.version)
+            if row is None:
+                problems[label] = f"version {target.version} is not in {self.store.model_dir}"
+            else:
+                reason = f": {row.reason}" if row.reason else ""
+                problems[label] = f"version {target.version} is {row.state}{reason}"
+        return problems
+
     def default_version(self) -> LoadedModel | None:
         """The version for unpinned requests that no weighted label takes: the one the
         ``stable`` label names when it is served (so a canary's weight set to 0, or its label
@@ -147,6 +163,8 @@ class ModelRepository:
         self._lock = asyncio.Lock()
         self.scanned = False
         self.closing = False
+        # (model, label, problem) already logged: a label problem is logged once, not per poll.
+        self._label_problems_logged: set[tuple[str, str, str]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -208,9 +226,23 @@ class ModelRepository:
                     await served.store.poll_once()
                     # Labels move only now, once the versions they name are loaded and warm.
                     served.config = config.for_model(name)
+                    self._log_label_problems(served)
             self.scanned = True
             if self._on_change:
                 self._on_change(self)
+
+    def _log_label_problems(self, served: ServedModel) -> None:
+        for label, problem in served.label_problems().items():
+            key = (served.name, label, problem)
+            if key not in self._label_problems_logged:
+                self._label_problems_logged.add(key)
+                logger.warning(
+                    "label %r of %r is not served: %s (%s)",
+                    label,
+                    served.name,
+                    problem,
+                    CONFIG_FILE,
+                )
 
     async def _ensure(self, name: str, config: ServingConfig) -> None:
         model_config = config.for_model(name)

@@ -78,6 +78,9 @@ def test_explain_answers_top_k_a_gradcam_overlay_and_grid_and_feature_maps(
     assert grid.min() >= 0.0 and grid.max() == 1.0
     overlay = decode_png(body["gradcam"]["overlay_png"])
     assert overlay.size == (224, 224) and overlay.mode == "RGB"  # 28 px scaled up 8x
+    crop = body["gradcam"]["crop"]  # the part of the image the network saw, as fractions
+    assert all(0.0 <= crop[side] <= 1.0 for side in ("top", "left", "bottom", "right")), crop
+    assert crop["top"] < crop["bottom"] and crop["left"] < crop["right"]
 
     layers = {layer["layer"]: layer for layer in body["feature_maps"]}
     assert list(layers) == ["conv1", "conv2"]
@@ -119,6 +122,7 @@ def test_label_explains_another_class_and_raw_bodies_work(
         ("one", {"top_k": "0"}, 400, "top_k"),
         ("text", {}, 415, "not a supported image"),
         ("none", {}, 422, "'file'"),
+        ("one", {"version": "1", "version_label": "stable"}, 400, "not both"),
     ],
 )
 def test_client_mistakes_get_a_4xx_that_says_what_to_fix(

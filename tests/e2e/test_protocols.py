@@ -358,7 +358,13 @@ def test_tfserving_metadata(http: httpx.Client) -> None:
         ("POST", "/v1/models/cats:predict", {"instances": []}, 404, ["'cats'", "'digits'"]),
         ("GET", "/v1/models/cats", None, 404, ["'cats'", "'digits'"]),
         ("POST", "/v1/models/digits/versions/9:predict", {"instances": []}, 404, ["served: 2, 1"]),
-        ("GET", "/v1/models/digits/versions/9", None, 404, ["version 9", "served versions: 1, 2"]),
+        (
+            "GET",
+            "/v1/models/digits/versions/9",
+            None,
+            404,
+            ["version 9 of 'digits' is not managed", "served versions: 1, 2"],
+        ),
         (
             "POST",
             "/v1/models/digits/labels/beta:predict",

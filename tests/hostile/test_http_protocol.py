@@ -127,6 +127,22 @@ def test_oversized_headers_are_a_431(hostile_server: Server) -> None:
     assert_says(raw_request(hostile_server, endless), 431, "headers exceed")
 
 
+@pytest.mark.parametrize("path", ["/v1/models/digits:predict", "/v2/models/digits/infer"])
+def test_connection_level_refusals_on_protocol_routes_use_their_error_shape(
+    hostile_server: Server, path: str
+) -> None:
+    """TF Serving and V2 clients read ``{"error": ...}``: the guard's refusals (before the app)
+    on their routes have that shape too."""
+    oversized = http_head("POST", path, {"X-Big": "a" * (MAX_HEADER_BYTES + 1)})
+    response = raw_request(hostile_server, [oversized])
+    assert response.status == 431, response.body[:300]
+    assert set(response.json()) == {"error"}
+    assert "headers exceed" in response.json()["error"]
+    lying = http_head("POST", path, {"Content-Length": "abc"})
+    response = raw_request(hostile_server, [lying])
+    assert response.status == 400 and "Content-Length" in response.json()["error"]
+
+
 def test_headers_trickled_in_are_cut_off_with_408(hostile_server: Server) -> None:
     lines = [b"GET /healthz HTTP/1.1\r\n"] + [f"X-{i}: y\r\n".encode() for i in range(20)]
     response = raw_request(hostile_server, lines, pause_s=0.4)

@@ -31,19 +31,23 @@ def test_lifespan_sets_the_gil_switch_interval(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e  # a child process that imports TensorFlow
-def test_thread_settings_import_tensorflow_without_its_start_up_lines() -> None:
-    """With threads set per worker (several workers), the lifespan imports TensorFlow to apply
-    them: that import must drop the C++ start-up lines like every other (it raced the filtered
-    background import and sometimes won, printing them at info)."""
+def test_thread_settings_apply_at_the_filtered_import_without_start_up_lines() -> None:
+    """With threads set per worker (several workers), the settings wait for TensorFlow's first
+    import instead of importing it in the lifespan (which raced the filtered background import
+    and sometimes won, printing the C++ start-up lines at info, and held the server's start)."""
     import re
     import subprocess
 
     from tests.helpers.processes import PYTHON, ROOT, quiet_env
 
     script = (
+        "import sys\n"
+        "from contract.tf_log import import_filtered\n"
         "from service.app import configure_tensorflow_threads\n"
         "from service.settings import Settings\n"
         "configure_tensorflow_threads(Settings(tf_intra_op_threads=1))\n"
+        "assert 'tensorflow' not in sys.modules  # registered, not imported: no start-up wait\n"
+        "import_filtered('tensorflow')  # what the first model load does\n"
         "import tensorflow as tf\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads())\n"
     )

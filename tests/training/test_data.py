@@ -473,3 +473,15 @@ def test_metadata_without_a_data_summary_still_loads() -> None:
         ModelMetadata(**common, training={"data": summary.model_dump()}).model_dump_json()
     )
     assert new.data_summary == summary
+
+
+@pytest.mark.parametrize("class_weighted", [False, True])
+def test_the_imbalance_warning_suggests_class_weights_only_when_not_used(
+    class_weighted: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    from training.data import _report_imbalance
+
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        _report_imbalance({"rare": 1, "common": 50}, class_weighted=class_weighted)
+    assert "class rare has 1 image(s)" in caplog.text
+    assert ("consider --class-weight balanced" in caplog.text) is not class_weighted

@@ -142,6 +142,14 @@ def test_tfserving_bad_bodies_are_400_saying_what_to_fix(body: object, words: li
         assert word in message
 
 
+def test_tfserving_a_grey_instance_is_reported_as_sent_with_the_fix() -> None:
+    """A 28x28 grey digit as one instance: its shape as sent ([1, 28, 28], not a shape the
+    service made up) and what to change."""
+    message = refused(lambda: tf_parse({"instances": [np.zeros((28, 28)).tolist()]}))
+    assert "got [1, 28, 28]" in message
+    assert "[R, G, B]" in message and "three times" in message
+
+
 def test_tfserving_images_over_the_pixel_limit_are_413() -> None:
     big = np.zeros((1, 400, 400, 3)).tolist()
     message = refused(lambda: tf_parse({"instances": big}), 413)

@@ -281,3 +281,45 @@ def test_removing_an_unreadable_file_clears_the_problem_and_returns_to_defaults(
     path.unlink()
     state = watcher.refresh()
     assert state.changed and watcher.problem is None and watcher.config is DEFAULT_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "models: {digits: {version_policy: {latst: 2}}}",
+            "serving.yaml: models.digits.version_policy: "
+            "must be {latest: N}, {specific: [versions]} or all",
+        ),
+        (
+            "models: {digits: {version_policy: {latest: 0}}}",
+            "serving.yaml: models.digits.version_policy.latest: "
+            "Input should be greater than or equal to 1",
+        ),
+        (
+            "models: {digits: {labels: {a: {version: 2, weight: 0.6}, b: {version: 3, "
+            "weight: 0.5}}}, other: {lables: {}}}",
+            "serving.yaml: 2 problems: models.digits.labels: label weights add up to 1.1; "
+            "at most 1 in all; models.other.lables: Extra inputs are not permitted",
+        ),
+    ],
+    ids=["policy-typo", "policy-value", "two-typos"],
+)
+def test_an_invalid_file_is_described_in_its_own_terms_each_problem_once(
+    text: str, message: str
+) -> None:
+    """No class names of ours, no pydantic prefixes, one problem per mistake, every one."""
+    with pytest.raises(ServingConfigError) as caught:
+        parse_config(text)
+    assert str(caught.value) == message
+
+
+def test_an_invalid_file_at_start_says_the_defaults_serve(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "serving.yaml"
+    path.write_text("models: {digits: {version_policy: {latest: -1}}}")
+    with caplog.at_level("WARNING", logger="service.serving.config"):
+        ConfigWatcher(path).refresh()
+    assert "no good configuration yet: every model serves its latest version" in caplog.text
+    assert "keeping the last good" not in caplog.text

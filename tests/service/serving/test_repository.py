@@ -398,3 +398,37 @@ def test_a_new_publish_keeps_labelled_versions_and_their_traffic(repository_dir:
             await repository.stop()
 
     run(body())
+
+
+def test_a_label_naming_a_missing_version_is_logged_once_and_explained(
+    repository_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``old: 9`` names a version that is not on disk: accepted (the file is valid), logged
+    once (not at every poll) and explained by ``label_problems`` (shown on GET /models)."""
+
+    async def body() -> dict[str, str]:
+        repository = make_repository(repository_dir)
+        try:
+            with caplog.at_level("WARNING", logger="service.serving.repository"):
+                await repository.poll_once()
+                await repository.poll_once()
+            return repository.models["digits"].label_problems()
+        finally:
+            await repository.stop()
+
+    problems = run(body())
+    assert problems == {"old": f"version 9 is not in {repository_dir / 'digits'}"}
+    assert caplog.text.count("label 'old' of 'digits' is not served") == 1
+
+
+def test_without_split_an_unpinned_request_gets_the_default_version(repository_dir: Path) -> None:
+    """``/explain`` resolves without the canary split: always the version ``stable`` names."""
+
+    async def body() -> set[int]:
+        repository = await polled(make_repository(repository_dir))
+        try:
+            return {repository.resolve("digits", split=False)[1].version for _ in range(50)}
+        finally:
+            await repository.stop()
+
+    assert run(body()) == {2}

@@ -1,11 +1,11 @@
-"""Tests for the service.protocols package itself: an error body has the shape each protocol's
+"""Tests for service.http.errors: an error body has the shape each protocol's
 clients expect (``{"error": ...}`` on TF Serving and V2 routes, ``{"detail": ...}`` elsewhere)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.protocols import error_body
+from service.http.errors import error_body
 
 
 @pytest.mark.parametrize(
