@@ -206,27 +206,22 @@ class Supervisor:
                 signal.signal(sig, handler)
             shutil.rmtree(self._ready_dir, ignore_errors=True)
 
-    def _wait_for_report(self, process: BaseProcess, timeout_s: float) -> float | None:
-        """``process``'s seconds per image; None when it had no model to measure, when
-        stopping, when it died, or out of time."""
+    def _wait_for_reports(
+        self, processes: Callable[[], list[BaseProcess]], timeout_s: float
+    ) -> dict[int, float | None]:
+        """The reports (pid -> seconds per image, None: no model to measure) once every one of
+        ``processes()`` has reported or died, the service stops, or ``timeout_s`` passes.
+        ``processes`` is asked anew each time: a worker that dies is restarted by
+        :meth:`_tick`, and its replacement is waited for."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self._stopping and process.is_alive():
+        reports: dict[int, float | None] = {}
+        while time.monotonic() < deadline and not self._stopping:
             self._tick()
             reports = read_reports(self._ready_dir)
-            if process.pid in reports:
-                return reports[process.pid]
+            if all(p.pid in reports or not p.is_alive() for p in processes()):
+                break
             time.sleep(POLL_S)
-        return None
-
-    def _wait_until_workers_ready(self, timeout_s: float) -> None:
-        """Until every worker has reported ready (or died, or the service stops)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self._stopping:
-            self._tick()  # restarts a worker that dies: the new one is waited for
-            reports = read_reports(self._ready_dir)
-            if all(p.pid in reports or not p.is_alive() for p in self._workers):
-                return
-            time.sleep(POLL_S)
+        return reports
 
     def _probe_then_start(self) -> None:
         """Measure the default model in a first worker that serves meanwhile, with every core,
@@ -242,7 +237,7 @@ class Supervisor:
         first_env = {**(self._probe_env or {}), READY_DIR_ENV: str(self._ready_dir)}
         first = self._spawn(0, first_env)
         self._retiring.append(first)  # not restarted while it measures
-        cost = self._wait_for_report(first, PROBE_TIMEOUT_S)
+        cost = self._wait_for_reports(lambda: [first], PROBE_TIMEOUT_S).get(first.pid or -1)
         if self._stopping:
             return
         if cost is not None and cost >= self._model_bound_s:
@@ -270,7 +265,7 @@ class Supervisor:
             )
         self._worker_env = {**self._worker_env, READY_DIR_ENV: str(self._ready_dir)}
         self._workers = [self._spawn(i + 1, self._joining_env()) for i in range(self._count)]
-        self._wait_until_workers_ready(PROBE_TIMEOUT_S)
+        self._wait_for_reports(lambda: self._workers, PROBE_TIMEOUT_S)
         if first.pid is not None and first.is_alive() and not self._stopping:
             logger.info("workers ready; the first worker retires (pid %s)", first.pid)
             with contextlib.suppress(ProcessLookupError):

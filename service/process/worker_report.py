@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -74,19 +75,33 @@ def seconds_per_image(state: ServiceState) -> float:
     return (time.perf_counter() - started) / size
 
 
+Settled = Literal["ready", "nothing to load", "stopping", "timeout"]
+
+
+async def models_settled(state: ServiceState, *, timeout_s: float = math.inf) -> Settled:
+    """Poll until the repository is ready, has nothing left to load (see
+    :func:`nothing_to_load`), the service stops, or ``timeout_s`` seconds pass; says which."""
+    deadline = time.monotonic() + timeout_s
+    repository = state.repository
+    while not repository.ready:
+        if nothing_to_load(repository):
+            return "nothing to load"
+        if state.shutting_down:
+            return "stopping"
+        if time.monotonic() > deadline:
+            return "timeout"
+        await asyncio.sleep(POLL_S)
+    return "ready"
+
+
 async def wait_until_ready(state: ServiceState) -> None:
     """Hold the lifespan's start-up (so uvicorn takes no connection yet) until the models are
     served, when the supervisor asks (:data:`WAIT_READY_ENV`): a worker that joins a serving
     one never answers ``/readyz`` 503 in between, so readiness never flaps."""
     if not os.environ.get(WAIT_READY_ENV):
         return
-    deadline = time.monotonic() + WAIT_READY_TIMEOUT_S
-    repository = state.repository
-    while not (repository.ready or nothing_to_load(repository) or state.shutting_down):
-        if time.monotonic() > deadline:
-            logger.warning("models not ready in %g s; taking connections", WAIT_READY_TIMEOUT_S)
-            return
-        await asyncio.sleep(POLL_S)
+    if await models_settled(state, timeout_s=WAIT_READY_TIMEOUT_S) == "timeout":
+        logger.warning("models not ready in %g s; taking connections", WAIT_READY_TIMEOUT_S)
 
 
 async def report_when_ready(state: ServiceState) -> None:
@@ -95,14 +110,14 @@ async def report_when_ready(state: ServiceState) -> None:
     if not directory:
         return
     cost: float | None = None
-    while not state.repository.ready:
-        if nothing_to_load(state.repository):  # e.g. started before the first training
-            logger.info("no version of the default model to measure")
-            break
-        await asyncio.sleep(POLL_S)
-    else:
+    settled = await models_settled(state)
+    if settled == "stopping":
+        return  # no report: the supervisor is stopping too
+    if settled == "ready":
         cost = await asyncio.to_thread(seconds_per_image, state)
         logger.info("ready: the default model takes %.3f ms per image at full batch", cost * 1e3)
+    else:  # e.g. started before the first training
+        logger.info("no version of the default model to measure")
     path = Path(directory) / f"{os.getpid()}.json"
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps({"pid": os.getpid(), "seconds_per_image": cost}))

@@ -70,6 +70,26 @@ def get_runner(state: ServiceState) -> ExplainRunner:
     return runner
 
 
+def explained_version(request: Request, state: ServiceState) -> LoadedModel:
+    """The version the query names (``model``, ``version`` or ``version_label``); without one,
+    the default version, never a canary's share of unpinned traffic."""
+    params = request.query_params
+    if params.get("version") and params.get("version_label"):
+        raise ClientError(
+            400,
+            "give version or version_label, not both: each names a version to explain",
+            reason="bad_request",
+        )
+    _, model = dataplane.choose_model(
+        state,
+        params.get("model") or None,
+        version=params.get("version") or None,
+        label=params.get("version_label") or None,
+        split=False,
+    )
+    return model
+
+
 def parse_label(request: Request, model: LoadedModel) -> int:
     """``?label=`` -> class index; absent -> -1 (the model explains its top class)."""
     label = request.query_params.get("label")
@@ -107,20 +127,7 @@ async def explain(request: Request, state: State) -> JSONResponse:
     started = time.perf_counter()
     check_api_key(request, state.settings.api_keys)
     k = dataplane.parse_top_k(request.query_params.get("top_k"), state.settings.max_top_k)
-    params = request.query_params
-    if params.get("version") and params.get("version_label"):
-        raise ClientError(
-            400,
-            "give version or version_label, not both: each names a version to explain",
-            reason="bad_request",
-        )
-    _, model = dataplane.choose_model(
-        state,
-        params.get("model") or None,
-        version=params.get("version") or None,
-        label=params.get("version_label") or None,
-        split=False,  # an explanation without parameters is of the default (stable) version
-    )
+    model = explained_version(request, state)
     dataplane.record_model(request, model)
     if not model.has_endpoint(GRADCAM_ENDPOINT):
         raise ClientError(

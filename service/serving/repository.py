@@ -88,11 +88,16 @@ class ServedModel:
     def label_problems(self) -> dict[str, str]:
         """Label -> why the version it names is not served (absent, loading, failed)."""
         served = self.store.served
+        unserved = {
+            label: target
+            for label, target in sorted(self.config.labels.items())
+            if target.version not in served
+        }
+        if not unserved:
+            return {}  # the usual case: no look at the disk (statuses() lists the folder)
         rows = {row.version: row for row in self.store.statuses()}
         problems = {}
-        for label, target in sorted(self.config.labels.items()):
-            if target.version in served:
-                continue
+        for label, target in unserved.items():
             row = rows.get(target.version)
             if row is None:
                 problems[label] = f"version {target.version} is not in {self.store.model_dir}"
