@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers.images import png_declaring
 from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
 
@@ -137,23 +136,6 @@ def test_concurrent_requests_are_batched_and_counted(
     assert metric_value(after, "imgcls_batch_queue_depth") == 0
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge size: a decompression bomb's calling card."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _truncated_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(
@@ -181,7 +163,7 @@ def _truncated_png() -> bytes:
         ),
         ({"file": ("a.png", b"", "image/png")}, None, None, 400, "empty"),
         (
-            {"file": ("bomb.png", _png_declaring(50_000, 50_000), "image/png")},
+            {"file": ("bomb.png", png_declaring(50_000, 50_000), "image/png")},
             None,
             None,
             413,

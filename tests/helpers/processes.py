@@ -4,6 +4,7 @@ environment, the training CLI; a tool that is missing; a process's resident memo
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
+
+
+#: TensorFlow's C++ start-up output: absl's "I0000 00:00:..." records, its pre-init banner, and
+#: the CUDA probe lines; none may reach a log the project writes.
+TF_START_UP_LINE = re.compile(
+    r"^[IWEF]\d{4} \d\d:\d\d:|absl::InitializeLog|cuda|cuInit", re.M | re.I
+)
 
 
 def missing_tool(reason: str) -> NoReturn:

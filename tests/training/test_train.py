@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import signal
 import subprocess
 import time
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image
 
 from contract.metadata import list_versions, verify_version_dir
-from tests.helpers.processes import PYTHON, ROOT, quiet_env, run_train
+from tests.helpers.processes import PYTHON, ROOT, TF_START_UP_LINE, quiet_env, run_train
 from training.data import digit_images, load_digits_data
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -252,8 +251,6 @@ else:
 heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
 print(f"PROBE exit={code} imported={','.join(heavy) or 'none'}", file=sys.stderr)
 """
-#: TensorFlow's C++ lines: absl's "I0000 00:00:..." records and its pre-init banner.
-_TF_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:|absl::InitializeLog|cuda|cuInit", re.M | re.I)
 
 
 def _user_env() -> dict[str, str]:
@@ -305,7 +302,7 @@ def test_user_mistakes_are_reported_before_tensorflow_is_imported(
     assert lines[-1] == "PROBE exit=2 imported=none", done.stderr[-3000:]
     assert lines[-2].startswith(error), done.stderr[-3000:]
     assert len(lines) == 2, done.stderr[-3000:]  # one error: line, no usage block before it
-    assert not _TF_LINE.search(done.stderr), done.stderr[-3000:]
+    assert not TF_START_UP_LINE.search(done.stderr), done.stderr[-3000:]
     assert done.stdout == ""
 
 

@@ -13,7 +13,6 @@ import struct
 import subprocess
 import threading
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,7 +48,7 @@ from contract.decoding.errors import (
 from contract.decoding.files import read_header
 from contract.decoding.probe import SUPPORTED_FORMATS, check_header, probe_header, sniff_format
 from tests.helpers.answers import image_status
-from tests.helpers.images import encode, encode_hq
+from tests.helpers.images import encode, encode_hq, png_declaring
 from training.data import digit_images
 
 pytestmark = pytest.mark.timeout(60)
@@ -67,23 +66,6 @@ def decode(data: bytes, target_size: tuple[int, int] = TARGET, **kwargs: Any) ->
     """decode_image with this module's defaults."""
     kwargs.setdefault("max_pixels", MAX_PIXELS)
     return decode_image(data, target_size=target_size, **kwargs)
-
-
-def png_chunk(kind: bytes, payload: bytes) -> bytes:
-    """One PNG chunk with a valid CRC."""
-    crc = zlib.crc32(kind + payload)
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def png_with_header(width: int, height: int) -> bytes:
-    """A well-formed 8-bit grayscale PNG header declaring ``width x height``, with a tiny IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def exif_with(orientation: int, *, broken_tag: bool = False) -> bytes:
@@ -633,7 +615,7 @@ def test_png_text_chunk_bomb_is_refused() -> None:
 
 def test_zero_sized_header_is_corrupt() -> None:
     with pytest.raises(CorruptImageError):
-        decode(png_with_header(0, 10))
+        decode(png_declaring(0, 10))
 
 
 # ------------------------------------------------------------------------ decompression bombs
@@ -641,7 +623,7 @@ def test_zero_sized_header_is_corrupt() -> None:
 
 @pytest.mark.usefixtures("forbid_pixel_decoding")
 def test_png_declaring_50000_squared_is_refused_before_decoding() -> None:
-    data = png_with_header(50_000, 50_000)
+    data = png_declaring(50_000, 50_000)
     assert len(data) < 100
 
     with pytest.raises(ImageTooLargeError) as caught:
