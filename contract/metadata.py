@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.drift import DriftBaseline
 from contract.names import SERVE_ENDPOINT
 
 METADATA_FILE = "metadata.json"
@@ -40,6 +41,22 @@ class InputSpec(BaseModel):
     serving_input: str = SERVING_INPUT
 
 
+class DataSource(BaseModel):
+    """One source of a run's training data, with its own counts: a ``--data`` folder or the
+    bundled digits (an item of :attr:`DataSummary.sources`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str = Field(description="the --data folder as given, or 'sklearn:digits'")
+    files: int = Field(ge=0, description="image files found (by name) in it")
+    skipped_files: int = Field(
+        default=0, ge=0, description="of them, unreadable files skipped, each with a warning"
+    )
+    class_counts: dict[str, int] = Field(
+        description="readable images per class of this source (its own classes only), all splits"
+    )
+
+
 class DataSummary(BaseModel):
     """What a run trained on, stored as ``metadata.training["data"]`` (absent in older versions).
 
@@ -48,8 +65,10 @@ class DataSummary(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    source: str = Field(description="'sklearn:digits' or the --data folder")
-    files: int = Field(ge=0, description="image files found (by name) in the folder")
+    source: str = Field(
+        description="'sklearn:digits', the --data folder, or several --data folders joined by ' + '"
+    )
+    files: int = Field(ge=0, description="image files found (by name) in the folder(s)")
     skipped_files: int = Field(ge=0, description="unreadable files skipped, each with a warning")
     class_counts: dict[str, int] = Field(description="readable images per class, all splits")
     imbalance_ratio: float = Field(ge=0, le=1, description="smallest class / largest class")
@@ -57,6 +76,12 @@ class DataSummary(BaseModel):
     input_shape_reason: str = Field(description="how the input shape was chosen")
     class_weights: dict[str, float] | None = Field(
         default=None, description="--class-weight balanced: loss weight per class"
+    )
+    sources: list[DataSource] | None = Field(
+        default=None,
+        description="every source of the data, in --data order, with its own counts (several "
+        "--data folders are merged by class name; the fields above are their totals); absent in "
+        "versions published before training on several folders",
     )
 
 
@@ -77,6 +102,11 @@ class ModelMetadata(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
+    drift_baseline: DriftBaseline | None = Field(
+        default=None,
+        description="predictions on the test split, for the service's drift gauges (absent in "
+        "versions published before drift monitoring)",
+    )
     files: dict[str, str] = Field(description="relative path -> sha256 hex of every other file")
 
     @property

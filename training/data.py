@@ -7,8 +7,11 @@
   and files sorted, so nothing depends on the order the file system lists them), checks every
   file's header cheaply, fingerprints the contents in chunks, chooses the input size from a
   sample of headers, and splits the FILES into train / validation / test
-  (:class:`FolderData`). :func:`make_file_dataset` then streams one split through tf.data:
-  read + decode + resize in parallel with the very function the service decodes uploads with
+  (:class:`FolderData`). Several folders (``--data a --data b``) are merged by class NAME: the
+  classes are the union of their sub-folder names, and each folder is split on its own, so a
+  folder's held-out files are the same whether it is trained alone or with others.
+  :func:`make_file_dataset` then streams one split through tf.data: read + decode + resize in
+  parallel with the very function the service decodes uploads with
   (:func:`contract.decoding.decode_image`), batch, prefetch; nothing holds every image at once.
 * Every tf.data pipeline of a run is built here: :func:`make_datasets` gives the (train, val,
   test) pipelines of either kind (in memory: :func:`make_dataset`), applying the augmenters of
@@ -129,10 +132,19 @@ def load_digits_data(val_split: float, test_split: float = 0.2) -> ImageData:
 
 @dataclass(frozen=True)
 class FileSplit:
-    """Image files (absolute paths, as str) and their labels (N,) int32."""
+    """Image files (paths under their ``--data`` folder as given, as str) and their labels (N,)
+    int32; ``sources`` (N,) is the index into :attr:`FolderData.sources` of each file's folder
+    (None: every file is from the one folder)."""
 
     files: tuple[str, ...]
     labels: np.ndarray
+    sources: np.ndarray | None = None
+
+    def source_indices(self) -> np.ndarray:
+        """:attr:`sources`, or zeros (the one folder) when there are none."""
+        if self.sources is None:
+            return np.zeros(len(self.files), dtype=np.int32)
+        return self.sources
 
     def __len__(self) -> int:
         return len(self.files)
@@ -169,19 +181,41 @@ class DecodeFailures:
 
 
 @dataclass(frozen=True)
+class FolderSource:
+    """One ``--data`` folder of a :class:`FolderData`, with its own counts.
+
+    Attributes:
+        path: The folder as given on the command line.
+        files: Image files found in it by name (readable or not).
+        skipped_files: Of them, files refused while listing (and, in
+            :meth:`FolderData.readable_sources`, those that failed to decode while streaming).
+        class_counts: Readable images per class it holds (only its own classes).
+    """
+
+    path: str
+    files: int
+    skipped_files: int
+    class_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
 class FolderData:
-    """A folder of class sub-folders, listed, checked and split by file; nothing decoded yet.
+    """Class sub-folders of one or more folders, listed, checked and split by file; nothing
+    decoded yet.
 
     Attributes:
         train, val, test: The file splits (the test split is fixed for the same folder).
-        class_names: Sub-folder names, sorted; label i is ``class_names[i]``.
+        class_names: Sub-folder names (of every folder: the union), sorted; label i is
+            ``class_names[i]``.
         default_input_shape: (height, width, channels) of the network input: ``--input-shape``,
             else chosen from a sample of headers (see ``input_shape_reason``).
         input_shape_reason: One sentence saying how the input shape was chosen.
-        fingerprint: sha256 over the sorted relative paths, sizes and contents of every file.
-        source: The folder path.
-        class_counts: Readable files per class (all splits).
+        fingerprint: sha256 over the sorted relative paths, sizes and contents of every file;
+            of several folders, sha256 over their own fingerprints in the order given.
+        source: The folder path; several folders joined by ``" + "``.
+        class_counts: Readable files per class (all splits, every folder).
         listing_skipped: Files refused while listing (no image, damaged header, unreadable).
+        sources: Each folder with its own counts, in the order given.
         failures: Files whose decode failed while streaming (filled in as the data flows).
     """
 
@@ -195,6 +229,7 @@ class FolderData:
     source: str
     class_counts: dict[str, int]
     listing_skipped: int = 0
+    sources: tuple[FolderSource, ...] = ()
     failures: DecodeFailures = field(default_factory=DecodeFailures)
 
     @property
@@ -205,17 +240,42 @@ class FolderData:
     def readable_class_counts(self) -> dict[str, int]:
         """:attr:`class_counts` less the files that failed to decode while streaming, so that
         every file is counted once: as a class's image or as skipped."""
-        failed = self.failures.files
         counts = dict(self.class_counts)
-        for split in (self.train, self.val, self.test):
-            for name, label in zip(split.files, split.labels, strict=True):
-                if name in failed:
-                    counts[self.class_names[int(label)]] -= 1
+        for _name, _source, class_name in self.failed_files():
+            counts[class_name] -= 1
         return counts
+
+    def readable_sources(self) -> list[FolderSource]:
+        """:attr:`sources` with the files that failed to decode while streaming moved from their
+        class's count to ``skipped_files`` (as :meth:`readable_class_counts` does)."""
+        counts = [dict(source.class_counts) for source in self.sources]
+        skipped = [source.skipped_files for source in self.sources]
+        for _name, source, class_name in self.failed_files():
+            counts[source][class_name] -= 1
+            skipped[source] += 1
+        return [
+            dataclasses.replace(source, skipped_files=skipped[i], class_counts=counts[i])
+            for i, source in enumerate(self.sources)
+        ]
+
+    def failed_files(self) -> list[tuple[str, int, str]]:
+        """(file, index of its folder in :attr:`sources`, class name) of every file that failed
+        to decode so far."""
+        failed = self.failures.files
+        if not failed:
+            return []
+        found: list[tuple[str, int, str]] = []
+        for split in (self.train, self.val, self.test):
+            for name, label, source in zip(
+                split.files, split.labels, split.source_indices(), strict=True
+            ):
+                if name in failed:
+                    found.append((name, int(source), self.class_names[int(label)]))
+        return found
 
 
 def load_folder_data(
-    folder: Path,
+    folders: Path | Sequence[Path],
     *,
     val_split: float,
     test_split: float = 0.15,
@@ -229,8 +289,15 @@ def load_folder_data(
     (:func:`contract.decoding.check_header`: no decode); unreadable files are skipped with one
     warning each. Memory grows with the number of file NAMES only, never with their pixels.
 
+    Several folders are merged by class NAME: the classes are the union of their sub-folder
+    names, sorted. Each folder is split on its own (:func:`split_by_class`), so its held-out
+    files do not move when another folder is added or grows; one folder alone gives exactly the
+    data, fingerprint and splits it always gave. With several, a folder may hold one class only
+    or none at all (a warning): the merged data needs two classes.
+
     Args:
-        folder: One sub-folder per class (hidden entries ignored; links followed, loops not).
+        folders: One folder, or several, each with one sub-folder per class (hidden entries
+            ignored; links followed, loops not). They must not overlap.
         val_split, test_split: Fractions of each class held out for validation and for the test.
         input_shape: (height, width, channels), or None to choose it from :data:`SAMPLE_HEADERS`
             headers: the median height and width (scaled down to :data:`MAX_AUTO_SIDE` pixels on
@@ -238,10 +305,15 @@ def load_folder_data(
         min_side: Smallest height/width the architecture accepts, in pixels (auto choice only).
 
     Raises:
-        DataError: missing folder, no class sub-folders, no readable images, fewer than two classes.
+        DataError: missing or overlapping folders, no class sub-folders, no readable images,
+            fewer than two classes.
     """
-    files, labels, class_names = _scan_folder(folder)
-    ok, fingerprint = _check_and_fingerprint(folder, files)
+    roots = [folders] if isinstance(folders, Path) else list(folders)
+    check_data_folders(roots)
+    source = " + ".join(str(root) for root in roots)
+    listings = [_scan_folder(root, alone=len(roots) == 1) for root in roots]
+    files, labels, origins, class_names = _merge_listings(source, listings)
+    ok, fingerprint = _check_and_fingerprint_all(roots, files, origins)
     header_sample: list[int] | None = None
     if input_shape is None:
         readable = np.flatnonzero(ok)
@@ -253,29 +325,36 @@ def load_folder_data(
         ok[index] = False
     kept = np.flatnonzero(ok)
     if kept.size == 0:
-        raise DataError(f"no readable images in {folder}")
+        raise DataError(f"no readable images in {source}")
     kept_files = [str(files[i]) for i in kept]
     kept_labels = np.asarray([labels[i] for i in kept], dtype=np.int32)
+    kept_origins = origins[kept]
     present = np.unique(kept_labels)
     if present.size < 2:
-        raise DataError(f"{folder} has readable images for only one class; need at least two")
+        raise DataError(f"{source} has readable images for only one class; need at least two")
     counts = class_counts(kept_labels, class_names)
     for name, count in counts.items():
         if count == 0:
             logger.warning("class %s has no readable images; it is never predicted", name)
+    sources = _folder_sources(roots, listings, origins, kept_labels, kept_origins, class_names)
+    if len(sources) > 1:
+        for item in sources:
+            logger.info("folder %s: images per class %s", item.path, item.class_counts)
     _report_imbalance(counts, class_weighted=class_weighted)
-    train_idx, val_idx, test_idx = split_by_class(
-        kept_labels, class_names, val_split=val_split, test_split=test_split
+    train_idx, val_idx, test_idx = _split_each_folder(
+        roots, kept_labels, kept_origins, class_names, val_split=val_split, test_split=test_split
     )
 
     if val_idx.size == 0 or test_idx.size == 0:
         raise DataError(
-            f"{folder} has too few images to hold out validation and test images; "
+            f"{source} has too few images to hold out validation and test images; "
             "give at least one class 3 or more readable images"
         )
 
     def take(indices: np.ndarray) -> FileSplit:
-        return FileSplit(tuple(kept_files[i] for i in indices), kept_labels[indices])
+        return FileSplit(
+            tuple(kept_files[i] for i in indices), kept_labels[indices], kept_origins[indices]
+        )
 
     logger.info("input shape %s: %s", "x".join(map(str, shape)), reason)
     return FolderData(
@@ -286,51 +365,160 @@ def load_folder_data(
         default_input_shape=shape,
         input_shape_reason=reason,
         fingerprint=fingerprint,
-        source=str(folder),
+        source=source,
         class_counts=counts,
         listing_skipped=len(files) - int(kept.size),
+        sources=sources,
     )
 
 
-def _scan_folder(folder: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Every image file under each class sub-folder, sorted; labels; class names, sorted.
+def check_data_folders(folders: Sequence[Path]) -> None:
+    """Each ``--data`` folder exists and is a folder, and none is (inside) another: a file under
+    two of them would be listed twice, possibly as two classes and in two splits.
+
+    Raises:
+        DataError: the first problem found, in one line.
+    """
+    for folder in folders:
+        if not folder.exists():
+            raise DataError(f"data folder {folder} does not exist")
+        if not folder.is_dir():
+            raise DataError(
+                f"{folder} is not a folder; --data expects a folder of class sub-folders"
+            )
+    resolved = [folder.resolve() for folder in folders]
+    for i, first in enumerate(resolved):
+        for j in range(i + 1, len(resolved)):
+            second = resolved[j]
+            if first.is_relative_to(second) or second.is_relative_to(first):
+                raise DataError(
+                    f"--data {folders[i]} and --data {folders[j]} overlap (the same folder, or "
+                    "one inside the other); give each folder once"
+                )
+
+
+def _scan_folder(folder: Path, *, alone: bool = True) -> dict[str, list[Path]]:
+    """Class name -> every image file under that class sub-folder, sorted; class names sorted
+    (sub-folders without images are left out with a warning).
 
     Sorting (not the file system's order) fixes the order, so results do not depend on how
     or in which order the files were created. Symbolic links are followed, but a directory is
-    visited once: a link loop gets a warning instead of an endless walk.
+    visited once: a link loop gets a warning instead of an endless walk. A folder without class
+    sub-folders is an error when ``alone``, else (one of several) a warning.
     """
-    if not folder.exists():
-        raise DataError(f"data folder {folder} does not exist")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder; --data expects a folder of class sub-folders")
     try:
         entries = sorted(folder.iterdir())
     except OSError as exc:
         raise DataError(f"cannot list {folder}: {exc.strerror or exc}") from exc
     class_dirs = [p for p in entries if not p.name.startswith(".") and _is_dir(p)]
     if not class_dirs:
-        raise DataError(
-            f"{folder} has no class sub-folders (expected {folder}/<class>/<image files>)"
-        )
-    files: list[Path] = []
-    labels: list[int] = []
-    class_names: list[str] = []
+        message = f"{folder} has no class sub-folders (expected {folder}/<class>/<image files>)"
+        if alone:
+            raise DataError(message)
+        logger.warning("%s; it adds no images", message)
+    listing: dict[str, list[Path]] = {}
     for class_dir in class_dirs:
         images = _walk_images(class_dir)
         if not images:
             logger.warning("class folder %s has no jpg/png/webp/bmp/gif images; ignored", class_dir)
             continue
-        label = len(class_names)
-        class_names.append(class_dir.name)
-        files.extend(images)
-        labels.extend([label] * len(images))
+        listing[class_dir.name] = images
+    return listing
+
+
+def _merge_listings(
+    source: str, listings: Sequence[dict[str, list[Path]]]
+) -> tuple[list[Path], list[int], np.ndarray, list[str]]:
+    """Files of every folder (folder by folder, class by class), their labels in the union of
+    the class names (sorted), the index of each file's folder, and the class names."""
+    class_names = sorted({name for listing in listings for name in listing})
+    label_of = {name: label for label, name in enumerate(class_names)}
+    files: list[Path] = []
+    labels: list[int] = []
+    origins: list[int] = []
+    for index, listing in enumerate(listings):
+        for name, images in listing.items():
+            files.extend(images)
+            labels.extend([label_of[name]] * len(images))
+            origins.extend([index] * len(images))
     if not files:
-        raise DataError(f"no jpg/png/webp/bmp/gif images under {folder}")
+        raise DataError(f"no jpg/png/webp/bmp/gif images under {source}")
     if len(class_names) < 2:
         raise DataError(
-            f"{folder} has image files for only one class ({class_names[0]}); need at least two"
+            f"{source} has image files for only one class ({class_names[0]}); need at least two"
         )
-    return files, labels, class_names
+    return files, labels, np.asarray(origins, dtype=np.int32), class_names
+
+
+def _check_and_fingerprint_all(
+    roots: Sequence[Path], files: Sequence[Path], origins: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """:func:`_check_and_fingerprint` of each folder; one folder keeps its own fingerprint, and
+    several get the sha256 of theirs in the order given (so it covers every file of each)."""
+    masks: list[np.ndarray] = []
+    prints: list[str] = []
+    for index, root in enumerate(roots):
+        members = np.flatnonzero(origins == index)
+        ok, fingerprint = _check_and_fingerprint(root, [files[int(i)] for i in members])
+        masks.append(ok)
+        prints.append(fingerprint)
+    if len(prints) == 1:
+        return masks[0], prints[0]
+    return np.concatenate(masks), hashlib.sha256("\n".join(prints).encode()).hexdigest()
+
+
+def _folder_sources(
+    roots: Sequence[Path],
+    listings: Sequence[dict[str, list[Path]]],
+    origins: np.ndarray,
+    kept_labels: np.ndarray,
+    kept_origins: np.ndarray,
+    class_names: list[str],
+) -> tuple[FolderSource, ...]:
+    """Each folder's files found, files refused while listing, and readable images per class."""
+    sources: list[FolderSource] = []
+    for index, root in enumerate(roots):
+        found = int(np.count_nonzero(origins == index))
+        mine = kept_labels[kept_origins == index]
+        counts = class_counts(mine, class_names)
+        sources.append(
+            FolderSource(
+                path=str(root),
+                files=found,
+                skipped_files=found - int(mine.size),
+                class_counts={name: counts[name] for name in listings[index]},
+            )
+        )
+    return tuple(sources)
+
+
+def _split_each_folder(
+    roots: Sequence[Path],
+    labels: np.ndarray,
+    origins: np.ndarray,
+    class_names: list[str],
+    *,
+    val_split: float,
+    test_split: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`split_by_class` of each folder's files on its own, as sorted indices into
+    ``labels``: adding a folder never moves another folder's held-out files."""
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for index, root in enumerate(roots):
+        members = np.flatnonzero(origins == index)
+        train, val, test = split_by_class(
+            labels[members],
+            class_names,
+            val_split=val_split,
+            test_split=test_split,
+            where=None if len(roots) == 1 else str(root),
+        )
+        parts.append((members[train], members[val], members[test]))
+    # Folder by folder, each sorted: the concatenation is sorted too.
+    train_idx, val_idx, test_idx = (
+        np.concatenate([part[k] for part in parts]).astype(np.int64) for k in range(3)
+    )
+    return train_idx, val_idx, test_idx
 
 
 def _is_dir(path: Path) -> bool:
@@ -510,7 +698,12 @@ def _report_imbalance(counts: dict[str, int], *, class_weighted: bool = False) -
 
 
 def split_by_class(
-    labels: np.ndarray, class_names: Sequence[str], *, val_split: float, test_split: float
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    val_split: float,
+    test_split: float,
+    where: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified train / validation / test indices into ``labels``, fixed for the same files.
 
@@ -518,7 +711,7 @@ def split_by_class(
     and the class NAME (not its index: adding a class leaves the others' splits alone) takes
     ``round(n * test_split)`` files for the test and ``round(n * val_split)`` for validation,
     at least one each for classes of three or more images; a class of one or two images stays
-    in training (with a warning).
+    in training (with a warning, naming the folder ``where`` the files are when given).
 
     Returns:
         Sorted index arrays (train, val, test).
@@ -535,8 +728,10 @@ def split_by_class(
         order = members[np.random.default_rng(seed).permutation(n)]
         if n < 3:
             logger.warning(
-                "class %s has only %d image(s): all used for training, none for validation or test",
+                "class %s%s has only %d image(s): all used for training, none for validation or "
+                "test",
                 name,
+                f" in {where}" if where else "",
                 n,
             )
             train.append(order)
@@ -764,11 +959,15 @@ def decode_failures_file(data: FolderData, cache_dir: Path, image_size: tuple[in
 def remember_decode_failures(
     data: FolderData, cache_dir: Path, image_size: tuple[int, int]
 ) -> None:
-    """Write the decode failures seen so far (every split read once) beside the cache."""
-    source = Path(data.source)
-    failures = {
-        os.path.relpath(name, source): reason for name, reason in data.failures.files.items()
-    }
+    """Write the decode failures seen so far (every split read once) beside the cache, each
+    under its path relative to its folder (``<i>/<path>`` for the i-th of several folders: the
+    same relative path may fail in two), so a moved folder still finds them."""
+    several = len(data.sources) > 1
+    failures: dict[str, str] = {}
+    reasons = data.failures.files
+    for name, index, _class_name in data.failed_files():
+        relative = os.path.relpath(name, data.sources[index].path)
+        failures[f"{index}/{relative}" if several else relative] = reasons[name]
     path = decode_failures_file(data, cache_dir, image_size)
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(failures, indent=1, sort_keys=True))
@@ -784,9 +983,15 @@ def _recall_decode_failures(data: FolderData, path: Path) -> None:
     except (OSError, ValueError) as exc:
         logger.warning("cannot read %s (%s); decode failures are counted afresh", path, exc)
         return
-    source = Path(data.source)
-    for relative, reason in sorted(failures.items()):
-        data.failures.record(str(source / relative), str(reason))
+    # The file's name holds the data fingerprint, which covers the folders' order: index i
+    # names the same folder it named when the file was written.
+    roots = [Path(source.path) for source in data.sources]
+    for key, reason in sorted(failures.items()):
+        index, _, relative = key.partition("/") if len(roots) > 1 else ("0", "/", key)
+        if not (index.isdigit() and int(index) < len(roots) and relative):
+            logger.warning("%s names no folder of this run (%s); ignored", path, key)
+            continue
+        data.failures.record(str(roots[int(index)] / relative), str(reason))
 
 
 def make_datasets(

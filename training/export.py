@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from contract.drift import DriftBaseline
 from contract.metadata import InputSpec, ModelMetadata, checksum_tree, list_versions, write_metadata
 from contract.names import SERVE_ENDPOINT
 
@@ -90,9 +91,13 @@ def publish(
     training: dict[str, Any],
     data_fingerprint: str,
     metrics: dict[str, float],
+    drift_baseline: DriftBaseline | None = None,
 ) -> tuple[int, Path]:
     """Build a version in a temp folder with ``write_artifacts(tmp_dir) -> endpoint names``,
     write metadata.json last, and rename it to the next free version. Returns (version, path).
+
+    ``drift_baseline``: the version's predictions on its test split, for the service's drift
+    gauges (:func:`contract.drift.baseline_from`); None leaves it out of the metadata.
     """
     model_root = models_dir / name
     model_root.mkdir(parents=True, exist_ok=True)
@@ -118,6 +123,7 @@ def publish(
                 training=training,
                 data_fingerprint=data_fingerprint,
                 metrics=metrics,
+                drift_baseline=drift_baseline,
                 files=files,
             )
             write_metadata(tmp, metadata)

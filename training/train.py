@@ -2,6 +2,7 @@
 
     python training/train.py                 # scikit-learn's bundled digits -> models/digits/N
     python training/train.py --data photos/  # a folder of class sub-folders -> models/photos/N
+    python training/train.py --data digits/ --data data/feedback/digits   # merged by class name
     python training/train.py --describe --arch lenet5   # the conv arithmetic, layer by layer
 
 :func:`train` runs the steps, one function each: load (the data, the digit options) -> devices
@@ -38,6 +39,7 @@ from training.data import (
     SPLITS,
     FolderData,
     ImageData,
+    check_data_folders,
     class_counts,
     load_digits_data,
     load_folder_data,
@@ -46,6 +48,7 @@ from training.data import (
 from training.errors import UserError
 
 if TYPE_CHECKING:
+    from contract.drift import DriftBaseline
     from contract.metadata import InputSpec
     from training.distribute import Loop
 
@@ -123,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     parser.add_argument(
-        "--data", type=Path, help="folder of class sub-folders (default: scikit-learn digits)"
+        "--data",
+        type=Path,
+        action="append",
+        help="folder of class sub-folders; repeat the flag to train on several folders, merged "
+        "by class (sub-folder) name (default: scikit-learn digits)",
     )
     parser.add_argument(
         "--arch",
@@ -199,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("models"),
         help="model repository; publishes to <models-dir>/<model-name>/<version>/",
     )
-    parser.add_argument("--model-name", help="default: 'digits', or the data folder's name")
+    parser.add_argument(
+        "--model-name", help="default: 'digits', or the (first) --data folder's name"
+    )
     parser.add_argument(
         "--run-dir", type=Path, help="checkpoints and logs (default: runs/<model-name>)"
     )
@@ -232,12 +241,7 @@ def check_args(args: argparse.Namespace) -> None:
     """The mistakes found without TensorFlow, so that they are reported at once (its import
     takes seconds). ``--arch`` and the number formats are checked by the parser itself."""
     if args.data is not None:
-        if not args.data.exists():
-            raise UserError(f"data folder {args.data} does not exist")
-        if not args.data.is_dir():
-            raise UserError(
-                f"{args.data} is not a folder; --data expects a folder of class sub-folders"
-            )
+        check_data_folders(args.data)  # each exists, is a folder, and none is inside another
     if args.distribute == "multi-worker":
         from training.distribute import check_tf_config
 
@@ -325,6 +329,7 @@ class Evaluation:
     test_accuracy: float  # fraction 0..1
     y_true: np.ndarray  # test labels (N,) in dataset order, files that failed to decode left out
     y_pred: np.ndarray  # predicted test classes (N,), the same order
+    confidence: np.ndarray  # top-1 probability (N,) of each test prediction, 0..1, the same order
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -366,7 +371,7 @@ def load(args: argparse.Namespace) -> Loaded:
             "--jit is ignored with --normalize-digits: its image warp has no XLA kernel "
             "(train with --no-normalize-digits to use XLA)"
         )
-    model_name = args.model_name or ("digits" if args.data is None else args.data.resolve().name)
+    model_name = args.model_name or ("digits" if args.data is None else args.data[0].resolve().name)
     run_dir = args.run_dir or Path("runs") / model_name
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info(
@@ -381,7 +386,8 @@ def load(args: argparse.Namespace) -> Loaded:
 
 
 def load_data(args: argparse.Namespace) -> ImageData | FolderData:
-    """The bundled digits in memory, or ``--data`` listed and split for streaming."""
+    """The bundled digits in memory, or the ``--data`` folder(s) listed, merged and split for
+    streaming."""
     if args.data is None:
         if args.cache is not None:
             logger.warning("--cache applies to --data folders; the digits stay in memory")
@@ -569,6 +575,7 @@ def evaluate(loaded: Loaded, compiled: Compiled, datasets: Datasets) -> Evaluati
     test_loss, test_accuracy = compiled.loop.evaluate(datasets.test)
     probabilities = compiled.loop.predict(datasets.test)
     y_pred = np.argmax(probabilities, axis=-1)
+    confidence = np.max(probabilities, axis=-1) if len(probabilities) else np.zeros(0)
     # After the test pass: only then is every file that fails to decode known.
     y_true = decoded_labels(loaded.data, "test")
     return Evaluation(
@@ -578,7 +585,21 @@ def evaluate(loaded: Loaded, compiled: Compiled, datasets: Datasets) -> Evaluati
         test_accuracy=float(test_accuracy),
         y_true=y_true,
         y_pred=y_pred,
+        confidence=confidence,
     )
+
+
+def drift_baseline(evaluation: Evaluation, class_names: list[str]) -> DriftBaseline | None:
+    """metadata.json's ``drift_baseline``: the share of each predicted class and the histogram
+    of top-1 confidences over the test split, which the service compares its live predictions
+    with. Only predictions count, so the files that failed to decode (left out of ``y_pred``)
+    need no lining up; None (with a warning) when nothing of the test split decoded."""
+    from contract.drift import baseline_from
+
+    if evaluation.y_pred.size == 0:
+        logger.warning("no test predictions: the version has no drift baseline")
+        return None
+    return baseline_from(evaluation.y_pred.tolist(), evaluation.confidence.tolist(), class_names)
 
 
 def remember_failures(args: argparse.Namespace, loaded: Loaded) -> None:
@@ -645,6 +666,7 @@ def publish_run(
         training=training_metadata(args, loaded, devices, fitted, datasets.class_weights),
         data_fingerprint=data.fingerprint,
         metrics=evaluation.metrics,
+        drift_baseline=drift_baseline(evaluation, data.class_names),
     )
     total = time.monotonic() - started
     print(
@@ -717,9 +739,7 @@ def training_metadata(
     from training.distribute import strategy_name
 
     data = loaded.data
-    config = {
-        key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
-    }
+    config = {key: _plain(value) for key, value in vars(args).items()}
     return {
         **config,
         "epochs_run": fitted.epochs_run,
@@ -736,6 +756,15 @@ def training_metadata(
     }
 
 
+def _plain(value: Any) -> Any:
+    """A flag's value as JSON holds it: paths (also in a list, as repeated ``--data``) as str."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def data_summary(
     data: ImageData | FolderData,
     input_shape: tuple[int, int, int],
@@ -743,17 +772,27 @@ def data_summary(
     weights: dict[int, float] | None,
 ) -> Any:
     """The metadata's :class:`contract.metadata.DataSummary` of this run."""
-    from contract.metadata import DataSummary
+    from contract.metadata import DataSource, DataSummary
 
     if isinstance(data, FolderData):
         counts = data.readable_class_counts()  # each file once: an image of a class, or skipped
         files = sum(counts.values()) + data.skipped_files
         reason = data.input_shape_reason
+        sources = [
+            DataSource(
+                path=source.path,
+                files=source.files,
+                skipped_files=source.skipped_files,
+                class_counts=source.class_counts,
+            )
+            for source in data.readable_sources()
+        ]
     else:
         labels = np.concatenate([data.train.labels, data.val.labels, data.test.labels])
         counts = class_counts(labels, data.class_names)
         files = int(labels.size)
         reason = "from --input-shape" if args.input_shape else "the bundled digits' default"
+        sources = [DataSource(path=data.source, files=files, class_counts=counts)]
     largest = max(counts.values())
     return DataSummary(
         source=data.source,
@@ -768,6 +807,7 @@ def data_summary(
             if weights is None
             else {data.class_names[c]: round(w, 6) for c, w in weights.items()}
         ),
+        sources=sources,
     )
 
 

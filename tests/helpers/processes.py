@@ -59,6 +59,22 @@ def run_train(
     )
 
 
+def run_module(
+    module: str, *args: str, cwd: Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` as a user would; returns the finished process (not
+    checked)."""
+    return subprocess.run(
+        [PYTHON, "-m", module, *args],
+        cwd=cwd,
+        env=quiet_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of process ``pid`` from /proc/<pid>/status (VmRSS), in bytes."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -26,9 +26,13 @@ from training.data import (
     DataError,
     DecodeFailures,
     FolderData,
+    FolderSource,
+    check_data_folders,
     class_weights,
     load_folder_data,
+    make_datasets,
     make_file_dataset,
+    remember_decode_failures,
     split_by_class,
 )
 from training.data import digit_images as digits
@@ -485,3 +489,159 @@ def test_the_imbalance_warning_suggests_class_weights_only_when_not_used(
         _report_imbalance({"rare": 1, "common": 50}, class_weighted=class_weighted)
     assert "class rare has 1 image(s)" in caplog.text
     assert ("consider --class-weight balanced" in caplog.text) is not class_weighted
+
+
+# -- several --data folders, merged by class name ------------------------------------------------
+
+
+def documented_fingerprint(root: Path) -> str:
+    """The fingerprint of one folder as documented: sha256 over every image file (classes and
+    files sorted) of its relative path, size and content."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name[0] != "."):
+        for path in sorted(class_dir.iterdir()):
+            if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}:
+                continue
+            content = path.read_bytes()
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(str(len(content)).encode() + b"\0" + content)
+    return digest.hexdigest()
+
+
+def feedback_folder(root: Path, counts: dict[str, int]) -> Path:
+    """A folder like data/feedback/<model>/: ``counts[label]`` digit PNGs per label, and the
+    hidden ``.records/`` the service keeps beside them (an image in it too: never read)."""
+    images, _labels = digits()
+    for label, count in counts.items():
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(images[100 + i]).save(root / label / f"req{i}.png")
+    (root / ".records").mkdir(parents=True)
+    (root / ".records" / "req0.json").write_text('{"id": "req0"}')
+    Image.fromarray(images[0]).save(root / ".records" / "stray.png")
+    return root
+
+
+def split_names(data: FolderData) -> dict[str, list[str]]:
+    return {split: list(getattr(data, split).files) for split in ("train", "val", "test")}
+
+
+def test_one_folder_keeps_its_documented_fingerprint_and_splits(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "one", per_class=12, damaged=False)
+    alone = load_folder_data(root, val_split=0.1, test_split=0.15)
+    listed = load_folder_data([root], val_split=0.1, test_split=0.15)
+
+    assert alone.fingerprint == listed.fingerprint == documented_fingerprint(root)
+    assert split_names(alone) == split_names(listed)
+    assert alone.source == str(root)
+    everything = [*alone.train.files, *alone.val.files, *alone.test.files]
+    labels = np.concatenate([alone.train.labels, alone.val.labels, alone.test.labels])
+    order = np.argsort(everything)
+    expected = split_by_class(labels[order], alone.class_names, val_split=0.1, test_split=0.15)
+    for split, indices in zip(("train", "val", "test"), expected, strict=True):
+        assert sorted(getattr(alone, split).files) == [sorted(everything)[i] for i in indices]
+    assert alone.sources == (
+        FolderSource(
+            path=str(root),
+            files=36,
+            skipped_files=0,
+            class_counts={"one": 12, "seven": 12, "zero": 12},
+        ),
+    )
+
+
+def test_folders_merge_by_class_name_and_each_keeps_its_own_split(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = make_folder(tmp_path / "base", per_class=12, damaged=False)
+    feedback = feedback_folder(tmp_path / "feedback", {"seven": 4, "two": 3})
+    alone = load_folder_data(base, val_split=0.1, test_split=0.15)
+    with caplog.at_level(logging.INFO, logger="training.data"):
+        merged = load_folder_data([base, feedback], val_split=0.1, test_split=0.15)
+
+    def in_base(name: str) -> bool:
+        return name.startswith(f"{base}{os.sep}")
+
+    assert merged.class_names == ["one", "seven", "two", "zero"]  # the union, sorted
+    assert merged.source == f"{base} + {feedback}"
+    assert merged.class_counts == {"one": 12, "seven": 16, "two": 3, "zero": 12}
+    assert [(s.path, s.files, s.class_counts) for s in merged.sources] == [
+        (str(base), 36, {"one": 12, "seven": 12, "zero": 12}),
+        (str(feedback), 7, {"seven": 4, "two": 3}),  # .records/ never read
+    ]
+    for split in ("train", "val", "test"):
+        part = getattr(merged, split)
+        for name, label in zip(part.files, part.labels, strict=True):
+            assert Path(name).parent.name == merged.class_names[label]
+        # The base folder's held-out files do not move when feedback joins it.
+        assert [f for f in part.files if in_base(f)] == list(getattr(alone, split).files)
+    assert any(f.startswith(f"{feedback}{os.sep}") for f in merged.test.files)
+    assert f"folder {feedback}: images per class" in caplog.text
+
+    again = load_folder_data([base, feedback], val_split=0.1, test_split=0.15)
+    assert again.fingerprint == merged.fingerprint
+    assert merged.fingerprint not in {alone.fingerprint, documented_fingerprint(feedback)}
+    Image.fromarray(digits()[0][5]).save(feedback / "two" / "req9.png")  # new feedback arrives
+    grown = load_folder_data([base, feedback], val_split=0.1, test_split=0.15)
+    assert grown.fingerprint != merged.fingerprint
+    assert [f for f in grown.test.files if in_base(f)] == list(alone.test.files)
+
+
+def test_a_folder_of_one_class_or_none_joins_a_merge_but_is_refused_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = make_folder(tmp_path / "base", per_class=6, damaged=False)
+    one_class = feedback_folder(tmp_path / "fb1", {"seven": 2})
+    empty = feedback_folder(tmp_path / "fb0", {})  # only .records/ so far
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        merged = load_folder_data([base, one_class, empty], val_split=0.1, test_split=0.15)
+
+    assert merged.class_counts == {"one": 6, "seven": 8, "zero": 6}
+    assert [s.files for s in merged.sources] == [18, 2, 0]
+    assert f"{empty} has no class sub-folders" in caplog.text
+    assert f"class seven in {one_class} has only 2 image(s)" in caplog.text
+    with pytest.raises(DataError, match="only one class"):
+        load_folder_data(one_class, val_split=0.1)
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_folder_data(empty, val_split=0.1)
+
+
+def test_the_same_or_nested_folders_are_refused(tmp_path: Path) -> None:
+    base = make_folder(tmp_path / "base", per_class=4, damaged=False)
+    for folders in ([base, base], [base, tmp_path / "base" / ".." / "base"], [base, base / "one"]):
+        with pytest.raises(DataError, match="overlap"):
+            load_folder_data(folders, val_split=0.1)
+    with pytest.raises(DataError, match="does not exist"):
+        check_data_folders([base, tmp_path / "missing"])
+
+
+def test_decode_failures_are_counted_per_folder_and_recalled_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    """Two folders with a file of the same relative path that fails to decode: each is counted
+    in its own folder, and a run that reuses the --cache recalls both."""
+    folders = [make_folder(tmp_path / name, per_class=8) for name in ("a", "b")]
+    cache = tmp_path / "cache"
+
+    def run() -> FolderData:
+        data = load_folder_data(folders, val_split=0.1, test_split=0.15, input_shape=(16, 16, 1))
+        datasets = make_datasets(
+            data, batch_size=8, image_size=(16, 16), seed=0, augment=False, cache_dir=cache
+        )
+        for dataset in datasets:
+            collect(dataset)
+        remember_decode_failures(data, cache, (16, 16))
+        return data
+
+    first, second = run(), run()  # the second decodes nothing: the cache answers
+
+    broken = sorted(str(folder / "seven" / "truncated.jpg") for folder in folders)
+    assert sorted(first.failures.files) == sorted(second.failures.files) == broken
+    for data in (first, second):
+        for source in data.readable_sources():
+            # garbage.png (refused when listed) and truncated.jpg (failed to decode)
+            assert source.skipped_files == 2 and source.files == 3 * 8 + 2
+            assert source.class_counts == {"one": 8, "seven": 8, "zero": 8}
+        assert data.readable_class_counts() == {"one": 16, "seven": 16, "zero": 16}

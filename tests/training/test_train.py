@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from contract.metadata import list_versions, verify_version_dir
+from contract.drift import CONFIDENCE_EDGES, baseline_from
+from contract.metadata import DataSource, list_versions, verify_version_dir
 from tests.helpers.processes import PYTHON, ROOT, TF_START_UP_LINE, quiet_env, run_train
-from training.data import digit_images, load_digits_data
+from training.data import digit_images, load_digits_data, load_folder_data
+from training.errors import UserError
+from training.train import build_parser, check_args
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,10 +40,24 @@ def test_default_run_publishes_digits_version_1_with_high_test_accuracy(trained_
     assert set(str(d) for d in range(10)) <= set(per_class)
     matrix = json.loads((version_dir / "report" / "confusion_matrix.json").read_text())["matrix"]
     assert sum(map(sum, matrix)) == 360
+    summary = metadata.data_summary
+    assert summary is not None and summary.sources is not None
+    assert summary.sources == [
+        DataSource(path="sklearn:digits", files=1797, class_counts=summary.class_counts)
+    ]
+    baseline = metadata.drift_baseline
+    assert baseline is not None
+    assert baseline.examples == metadata.training["examples"]["test"] == 360
+    assert list(baseline.class_shares) == metadata.class_names
+    assert sum(baseline.class_shares.values()) == pytest.approx(1.0, abs=1e-5)
+    assert sum(baseline.confidence_shares) == pytest.approx(1.0, abs=1e-5)
+    assert baseline.confidence_edges == list(CONFIDENCE_EDGES)
 
 
 @pytest.mark.e2e  # the shared trained model
-def test_saved_model_reproduces_the_reported_test_accuracy(trained_repo: Path) -> None:
+def test_saved_model_reproduces_the_reported_test_accuracy_and_drift_baseline(
+    trained_repo: Path,
+) -> None:
     import tensorflow as tf
 
     version_dir = trained_repo / "digits" / "1"
@@ -51,6 +68,18 @@ def test_saved_model_reproduces_the_reported_test_accuracy(trained_repo: Path) -
     accuracy = float(np.mean(probabilities.argmax(axis=1) == test.labels))
     assert accuracy == pytest.approx(metadata.metrics["test_accuracy"], abs=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    # The baseline is what this version predicts on its test split (a confidence within float
+    # noise of a bin edge may land in the next bin: one image is 1/360 of a share).
+    again = baseline_from(
+        probabilities.argmax(axis=1).tolist(),
+        probabilities.max(axis=1).tolist(),
+        metadata.class_names,
+    )
+    assert metadata.drift_baseline is not None
+    assert metadata.drift_baseline.class_shares == again.class_shares
+    np.testing.assert_allclose(
+        metadata.drift_baseline.confidence_shares, again.confidence_shares, atol=1.01 / 360
+    )
 
 
 def _make_folder(root: Path) -> Path:
@@ -112,6 +141,71 @@ def test_data_folder_run_publishes_a_model_that_reloads_and_classifies(tmp_path:
         label = metadata.class_names[int(loaded.serve(pixels).numpy().argmax())]
         correct += label == path.parent.name
     assert correct >= 18
+
+
+def _digit_folder(root: Path, counts: dict[str, int], first: int = 0) -> Path:
+    """``counts[d]`` bundled images of digit ``d`` as 28x28 PNGs in ``root/<d>/``, starting at
+    the ``first``-th of each digit, and a hidden ``.records/`` as the feedback folders have."""
+    images, labels = digit_images()
+    for digit, count in counts.items():
+        (root / digit).mkdir(parents=True)
+        for i, gray in enumerate(images[labels == int(digit)][first : first + count]):
+            Image.fromarray(gray).save(root / digit / f"{i}.png")
+    (root / ".records").mkdir()
+    (root / ".records" / "x.json").write_text("{}")
+    return root
+
+
+@pytest.mark.e2e  # runs training/train.py
+def test_several_data_folders_train_one_model_with_every_source_in_the_metadata(
+    tmp_path: Path,
+) -> None:
+    base = _digit_folder(tmp_path / "base-digits", {"0": 20, "1": 20, "7": 20})
+    feedback = _digit_folder(tmp_path / "feedback", {"1": 3, "7": 4}, first=100)
+    done = run_train(
+        *("--data", str(base), "--data", str(feedback), "--input-shape", "28,28,1"),
+        *("--epochs", "1", "--models-dir", str(tmp_path / "m"), "--run-dir", str(tmp_path / "r")),
+        *("--verbose", "0"),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    metadata = verify_version_dir(tmp_path / "m" / "base-digits" / "1")  # the first folder's name
+    assert metadata.class_names == ["0", "1", "7"]
+    summary = metadata.data_summary
+    assert summary is not None
+    assert summary.source == f"{base} + {feedback}"
+    assert summary.files == 67 and summary.class_counts == {"0": 20, "1": 23, "7": 24}
+    assert summary.sources == [
+        DataSource(path=str(base), files=60, class_counts={"0": 20, "1": 20, "7": 20}),
+        DataSource(path=str(feedback), files=7, class_counts={"1": 3, "7": 4}),
+    ]
+    merged = load_folder_data([base, feedback], val_split=0.1)
+    assert metadata.data_fingerprint == merged.fingerprint
+    assert metadata.training["examples"]["test"] == len(merged.test)
+    assert metadata.drift_baseline is not None
+    assert metadata.drift_baseline.examples == len(merged.test)
+
+
+@pytest.mark.parametrize(
+    ("folders", "message"),
+    [
+        (["base", "missing"], "data folder {tmp}/missing does not exist"),
+        (["base", "base/0"], "--data {tmp}/base and --data {tmp}/base/0 overlap"),
+        (["base", "base"], "--data {tmp}/base and --data {tmp}/base overlap"),
+        (["base", "file.png"], "{tmp}/file.png is not a folder"),
+    ],
+)
+def test_every_data_folder_is_checked_before_tensorflow_starts(
+    folders: list[str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "base" / "0").mkdir(parents=True)
+    (tmp_path / "file.png").write_bytes(b"x")
+    argv = [arg for name in folders for arg in ("--data", str(tmp_path / name))]
+    args = build_parser().parse_args(argv)
+    assert args.data == [tmp_path / name for name in folders]
+    with pytest.raises(UserError) as raised:
+        check_args(args)
+    assert str(raised.value).startswith(message.format(tmp=tmp_path))
 
 
 @pytest.mark.slow  # trains in process
