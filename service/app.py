@@ -20,11 +20,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.tf_log import on_first_import
+from service.feedback.ids import REQUEST_ID_HEADER
 from service.http.cors import JSONCORSMiddleware
 from service.http.errors import ClientError, client_error, error_body
-from service.http.middleware import CloseConnectionsWhileDraining, RequestMetricsMiddleware
+from service.http.middleware import (
+    SCOPE_REQUEST_ID,
+    CloseConnectionsWhileDraining,
+    RequestMetricsMiddleware,
+)
 from service.metrics import ServiceMetrics
-from service.routes import explain, health, metrics, models, page, predict, report, tfserving, v2
+from service.routes import (
+    explain,
+    feedback,
+    health,
+    metrics,
+    models,
+    page,
+    predict,
+    report,
+    tfserving,
+    v2,
+)
 from service.serving.batching import ShuttingDownError
 from service.serving.errors import ServingError
 from service.serving.repository import ModelRepository
@@ -109,6 +125,7 @@ def create_app(
         models.router,
         metrics.router,
         explain.router,
+        feedback.router,
         report.router,
         page.router,
     ):
@@ -118,11 +135,32 @@ def create_app(
             JSONCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER],
         )
     app.add_middleware(CloseConnectionsWhileDraining)
-    app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
+    app.add_middleware(
+        RequestMetricsMiddleware, metrics=service_metrics, access_log=settings.access_log
+    )
     return app
+
+
+#: Seconds between two computations of the drift gauges.
+DRIFT_EXPORT_INTERVAL_S = 1.0
+
+
+async def export_drift(state: ServiceState) -> None:
+    """Every :data:`DRIFT_EXPORT_INTERVAL_S`: forget retired versions' windows, and export the
+    served versions' drift distances (computed here, never on the request path)."""
+    while True:
+        await asyncio.sleep(DRIFT_EXPORT_INTERVAL_S)
+        served = [
+            (name, str(version))
+            for name, model in state.repository.models.items()
+            for version in model.store.served
+        ]
+        state.drift.retain(served)
+        state.metrics.set_drift(state.drift.distances())
 
 
 def _lifespan(
@@ -148,12 +186,22 @@ def _lifespan(
         state = ServiceState(settings, service_metrics, repository, decode_pool)
         app.state.service = state
         await repository.start()
+        state.capture.start()
+        if settings.capture_rate > 0:
+            logger.info(
+                "capturing %g of inference inputs into %s",
+                settings.capture_rate,
+                settings.capture_dir,
+            )
         logger.info(
             "serving every model of %s (default: %s)", settings.models_dir, settings.model_name
         )
         for hook in startup:
             await hook(state)
-        tasks = [asyncio.create_task(task(state), name=task.__name__) for task in background]
+        tasks = [
+            asyncio.create_task(task(state), name=task.__name__)
+            for task in (*background, export_drift)
+        ]
         try:
             yield
         finally:
@@ -163,6 +211,8 @@ def _lifespan(
             service_metrics.model_ready.set(0)
             await repository.stop(timeout_s=settings.shutdown_grace_s)
             decode_pool.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(state.capture.stop)  # writes what was already queued
+            state.feedback_runner.shutdown()
             logger.info("stopped")
 
     return lifespan
@@ -179,7 +229,7 @@ def _add_error_handlers(app: FastAPI, settings: Settings, service_metrics: Servi
         if isinstance(exc, ClientError) and exc.reason is not None:
             service_metrics.rejected_request(exc.reason)  # one per request
         return JSONResponse(
-            error_body(request.url.path, str(exc.detail)),
+            error_body(request.url.path, str(exc.detail), request.scope.get(SCOPE_REQUEST_ID)),
             status_code=exc.status_code,
             headers=exc.headers,
         )
@@ -191,9 +241,15 @@ def _add_error_handlers(app: FastAPI, settings: Settings, service_metrics: Servi
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s", request.url.path)
+        request_id = request.scope.get(SCOPE_REQUEST_ID)
+        # Starlette answers this one from its outermost middleware, past the request-id
+        # middleware's send: the header is set here.
         return JSONResponse(
             error_body(
-                request.url.path, f"internal error ({type(exc).__name__}); see the service log"
+                request.url.path,
+                f"internal error ({type(exc).__name__}); see the service log",
+                request_id,
             ),
             status_code=500,
+            headers={REQUEST_ID_HEADER: request_id} if request_id else None,
         )

@@ -1,18 +1,23 @@
 """The steps every inference route shares, whatever its protocol: choose the model version,
-decode, queue on that model's batcher (dropped if the client hangs up), count the predictions.
+decode, queue on that model's batcher (dropped if the client hangs up), count the predictions,
+feed the drift windows, and offer a sampled share of the inputs to capture.
 
 Routes parse and answer their protocol; this module is the one path between them and the model.
 """
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 
 import numpy as np
 from starlette.requests import Request
 
+from service.feedback.capture import CaptureSample
+from service.feedback.ids import prediction_ids
 from service.http.disconnect import unless_disconnected
-from service.http.middleware import SCOPE_MODEL_KEY
+from service.http.middleware import SCOPE_MODEL_KEY, request_id_of
 from service.protocols.tensors import ImagesInput
 from service.serving.decode_step import Upload, decode_all
 from service.serving.errors import InvalidInput, PayloadTooLarge, ShuttingDown
@@ -23,6 +28,9 @@ from service.state import ServiceState
 
 #: Predictions per image when the request names no ``top_k``.
 DEFAULT_TOP_K = 5
+
+#: What arrived for one image: its encoded bytes, or the pixel array a tensor protocol sent.
+Arrived = bytes | np.ndarray
 
 
 def choose_model(
@@ -65,9 +73,13 @@ async def predict(
     served: ServedModel,
     model: LoadedModel,
     images: Sequence[np.ndarray],
+    arrived: Sequence[Arrived] | None = None,
 ) -> list[Prediction]:
     """Run ``images`` (one request's) on ``model`` through ``served``'s batcher; a client that
-    disconnects while queued frees its queue slots instead of being computed."""
+    disconnects while queued frees its queue slots instead of being computed.
+
+    ``arrived``: what the client sent for each image, offered to capture (at the model's
+    capture rate); None for inputs that must not be captured."""
     record_model(request, model)
     if len(images) > served.limits.max_queue_size:
         raise PayloadTooLarge(
@@ -85,14 +97,67 @@ async def predict(
         ),
         scope=request.scope,
     )
+    class_names = model.metadata.class_names
     top = [int(np.argmax(p.probabilities)) for p in predictions]
+    confidences = [float(p.probabilities[i]) for p, i in zip(predictions, top, strict=True)]
+    version = str(model.version)
     state.metrics.observe_predictions(
-        model.name,
-        str(model.version),
-        [model.metadata.class_names[i] for i in top],
-        [float(p.probabilities[i]) for p, i in zip(predictions, top, strict=True)],
+        model.name, version, [class_names[i] for i in top], confidences
     )
+    state.drift.observe(
+        (model.name, version), model.metadata.drift_baseline, class_names, top, confidences
+    )
+    if arrived is not None:
+        rate = capture_rate(state, served)
+        if rate > 0:
+            _capture(state, request, model, predictions, arrived, rate)
     return predictions
+
+
+def capture_rate(state: ServiceState, served: ServedModel) -> float:
+    """Share (0..1) of ``served``'s inputs to capture: serving.yaml's, else the setting."""
+    configured = served.config.capture_rate
+    return state.settings.capture_rate if configured is None else configured
+
+
+def _capture(
+    state: ServiceState,
+    request: Request,
+    model: LoadedModel,
+    predictions: Sequence[Prediction],
+    arrived: Sequence[Arrived],
+    rate: float,
+) -> None:
+    """Offer each sampled input to the capture writer (a queue put: never waits)."""
+    now = time.time()
+    ids = prediction_ids(request_id_of(request.scope), len(predictions))
+    for prediction_id, prediction, data in zip(ids, predictions, arrived, strict=True):
+        if rate < 1.0 and random.random() >= rate:
+            continue
+        state.capture.offer(
+            CaptureSample(
+                id=prediction_id,
+                model=model.name,
+                version=model.version,
+                data=data,
+                probabilities=prediction.probabilities,
+                class_names=model.metadata.class_names,
+                time=now,
+            )
+        )
+
+
+def answer_ids(request: Request, count: int) -> tuple[str, list[str]]:
+    """The request's id and its ``count`` prediction ids (what feedback quotes back)."""
+    request_id = request_id_of(request.scope)
+    return request_id, prediction_ids(request_id, count)
+
+
+def arrived_inputs(images: ImagesInput) -> list[Arrived]:
+    """What a tensor protocol's client sent per image: encoded bytes, or its pixel array."""
+    if images.encoded is not None:
+        return [upload.data for upload in images.encoded]
+    return list(images.pixels or [])
 
 
 async def tensor_images(

@@ -67,7 +67,10 @@ REJECTION_REASONS = (
     "body_timeout",
     "client_disconnected",
     "not_found",
+    "unavailable",
 )
+#: Outcomes of ``imgcls_feedback_total`` (service.feedback.store's).
+FEEDBACK_OUTCOMES = ("correct", "wrong", "new_class")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -262,6 +265,63 @@ class ServiceMetrics:
             registry=r,
         )
         self.serving_config_valid.set(1)
+        self.feedback = Counter(
+            "imgcls_feedback",
+            "Labelled examples received as feedback (one per image), by model, the version that "
+            "answered, and outcome: correct, wrong (the answer was another class), new_class "
+            "(a class the model does not know; no accuracy counted).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.test_accuracy = Gauge(
+            "imgcls_model_test_accuracy",
+            "Accuracy (0..1) of each served version on its held-out test split, from its "
+            "metadata.json: what live accuracy from feedback is compared with.",
+            ["model", "version"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.drift = Gauge(
+            "imgcls_prediction_drift",
+            "Jensen-Shannon distance (0..1) between a version's latest predictions "
+            "(IMGCLS_DRIFT_WINDOW) and what it predicted on its test split at publish, by kind: "
+            "class (predicted classes) or confidence (top-1 probability histogram). Absent "
+            "without a baseline or before 100 predictions.",
+            ["model", "version", "kind"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.captured_samples = Counter(
+            "imgcls_captured",
+            "Inference inputs stored for feedback (one per image), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.capture_skipped_samples = Counter(
+            "imgcls_capture_skipped",
+            "Inference inputs sampled for capture but not stored, by model and reason: "
+            "queue_full (the writer is behind), write_error (the folder cannot be written), "
+            "duplicate_id (a client reused its X-Request-Id), over_budget (one sample larger "
+            "than IMGCLS_CAPTURE_MAX_BYTES).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.capture_disk_bytes = Gauge(
+            "imgcls_capture_bytes",
+            "Bytes of captured inputs and their records on disk, by model (at most "
+            "IMGCLS_CAPTURE_MAX_BYTES).",
+            ["model"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.capture_writable_state = Gauge(
+            "imgcls_capture_writable",
+            "1 while captured inputs are written (or capture is off), 0 while writes fail (full "
+            "disk, unwritable folder): capture pauses, the service keeps serving.",
+            multiprocess_mode="livemin",
+            registry=r,
+        )
+        self.capture_writable_state.set(1)
         # Label sets exported per served (model, version), so retired versions' series go.
         self._served: set[tuple[str, str]] = set()
         self._labels: set[tuple[str, str, str]] = set()
@@ -309,6 +369,8 @@ class ServiceMetrics:
                         metric.remove(*label_values)
         for name, version in served - self._served:
             self.model_info.labels(name=name, version=version).set(1)
+            loaded = repository.models[name].store.served[int(version)]
+            self._version_added(name, version, loaded.metadata.metrics.get("test_accuracy"))
         self._served = served
         models = set(repository.models)
         for removed in self._models - models:
@@ -337,6 +399,38 @@ class ServiceMetrics:
         default = repository.default
         self.model_ready.set(1 if default is not None and default.ready else 0)
         self.serving_config_valid.set(0 if repository.config_watcher.problem else 1)
+
+    def _version_added(self, model: str, version: str, test_accuracy: float | None) -> None:
+        """Export a newly served version's test accuracy, and its feedback counts at 0 (an
+        alert's rate() needs the series before the first feedback)."""
+        if test_accuracy is not None:
+            self._child(self.test_accuracy, (model, version), model, version).set(test_accuracy)
+        for outcome in FEEDBACK_OUTCOMES:
+            self._child(self.feedback, (model, version, outcome), model, version)
+
+    def feedback_received(self, model: str, version: str, outcome: str) -> None:
+        """Count one labelled example of a served version (a retired one's is not exported)."""
+        if (model, version) in self._served:
+            self._child(self.feedback, (model, version, outcome), model, version).inc()
+
+    def set_drift(self, distances: dict[tuple[str, str, str], float]) -> None:
+        """Export (model, version, kind) -> drift distance, for served versions."""
+        for (model, version, kind), value in distances.items():
+            if (model, version) in self._served:
+                self._child(self.drift, (model, version, kind), model, version).set(value)
+
+    # CaptureObserver protocol (service.feedback.capture); called from the writer thread
+    def captured(self, model: str) -> None:
+        self.captured_samples.labels(model).inc()
+
+    def capture_skipped(self, model: str, reason: str) -> None:
+        self.capture_skipped_samples.labels(model, reason).inc()
+
+    def capture_bytes(self, model: str, size: int) -> None:
+        self.capture_disk_bytes.labels(model).set(size)
+
+    def capture_writable(self, writable: bool) -> None:
+        self.capture_writable_state.set(1 if writable else 0)
 
     def observe_predictions(
         self, model: str, version: str, labels: Sequence[str], confidences: Sequence[float]

@@ -122,6 +122,44 @@ class Settings(BaseSettings):
         default=2, ge=0, le=64, description="explanations waiting behind the running one, then 503"
     )
 
+    # Production feedback (capture is off by default: storing user images is a privacy decision).
+    capture_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share (0..1) of inference inputs stored for feedback; 0: off (per model: "
+        "capture_rate in serving.yaml)",
+    )
+    capture_dir: Path = Field(
+        default=Path("data/captured"), description="captured inputs, one folder per model"
+    )
+    capture_max_bytes: int = Field(
+        default=1 << 30, ge=1024, description="bytes each model's captures may take; oldest go"
+    )
+    capture_queue_size: int = Field(
+        default=1024, ge=1, description="captures waiting for the writer thread, then skipped"
+    )
+    feedback_dir: Path = Field(
+        default=Path("data/feedback"),
+        description="labelled examples, <dir>/<model>/<label>/: what train.py --data reads",
+    )
+    feedback_max_items: int = Field(
+        default=100, ge=1, le=10_000, description="labels per POST /feedback request"
+    )
+    feedback_max_waiting: int = Field(
+        default=64, ge=1, description="feedback requests waiting for the disk, then 503"
+    )
+    drift_window: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="latest predictions per version compared "
+        "with the version's baseline for imgcls_prediction_drift",
+    )
+    access_log: bool = Field(
+        default=False, description="one log line per request (method, path, status, ms, id)"
+    )
+
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="comma-separated; empty: no key needed"
     )

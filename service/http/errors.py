@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import HTTPException
 
 from service.serving.errors import (
+    AlreadyLabelled,
+    CaptureUnavailable,
     DeadlineExceeded,
     ImageRejected,
     InvalidInput,
@@ -25,6 +27,8 @@ from service.serving.errors import (
     QueueFull,
     ServingError,
     ShuttingDown,
+    UnknownLabel,
+    UnknownPrediction,
 )
 
 #: Path prefixes whose errors are ``{"error": "..."}`` (TF Serving's and the V2 protocol's
@@ -32,12 +36,16 @@ from service.serving.errors import (
 PROTOCOL_PREFIXES = ("/v1/", "/v2")
 
 
-def error_body(path: str, message: str) -> dict[str, Any]:
+def error_body(path: str, message: str, request_id: str | None = None) -> dict[str, Any]:
     """The JSON error body a client of the route at ``path`` expects (the app's handlers and
-    the connection guard's refusals alike)."""
+    the connection guard's refusals alike). The native shape carries the request's id too;
+    TF Serving's and V2's stay exactly their peers' ``{"error"}`` (the id is in the
+    ``X-Request-Id`` header of every answer)."""
     if path.startswith(PROTOCOL_PREFIXES):
         return {"error": message}
-    return {"detail": message}
+    if request_id is None:
+        return {"detail": message}
+    return {"detail": message, "id": request_id}
 
 
 class ClientError(HTTPException):
@@ -84,6 +92,10 @@ ANSWERS: dict[type[ServingError], ErrorAnswer] = {
     QueueFull: ErrorAnswer(503, "queue_full", retry=True),
     DeadlineExceeded: ErrorAnswer(504, "deadline"),
     ModelFailed: ErrorAnswer(500),
+    UnknownPrediction: ErrorAnswer(404, "not_found"),
+    UnknownLabel: ErrorAnswer(422, "bad_request"),
+    AlreadyLabelled: ErrorAnswer(409, "bad_request"),
+    CaptureUnavailable: ErrorAnswer(503, "unavailable", retry=True),
 }
 
 #: An image the decoder refused, by :attr:`contract.decoding.errors.ImageError.category`.

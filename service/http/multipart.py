@@ -59,7 +59,27 @@ def parse_file_parts(
     max_field_bytes: int,
 ) -> list[FilePart]:
     """Every file part of ``body``, in order (form fields without a filename are checked
-    against their limits and dropped).
+    against their limits and dropped). See :func:`parse_form`."""
+    files, _ = parse_form(
+        body,
+        content_type,
+        max_files=max_files,
+        max_fields=max_fields,
+        max_field_bytes=max_field_bytes,
+    )
+    return files
+
+
+def parse_form(
+    body: bytes,
+    content_type: str,
+    *,
+    max_files: int,
+    max_fields: int,
+    max_field_bytes: int,
+) -> tuple[list[FilePart], dict[str, str]]:
+    """Every file part of ``body``, in order, and the form fields without a filename (the
+    first value of each name, decoded with the body's charset).
 
     Args:
         body: The whole request body.
@@ -92,7 +112,7 @@ def parse_file_parts(
         # python-multipart's finalize() accepts a body cut off mid-part (its unfinished part
         # is dropped): without this, a truncated upload would look like a missing field.
         raise MultipartError("the body ends before the closing boundary (truncated?)")
-    return collector.files
+    return collector.files, collector.fields
 
 
 class _FilePartCollector:
@@ -100,6 +120,7 @@ class _FilePartCollector:
 
     def __init__(self, charset: str, max_files: int, max_fields: int, max_field_bytes: int):
         self.files: list[FilePart] = []
+        self.fields: dict[str, str] = {}
         self._charset = charset
         self._max_files = max_files
         self._max_fields = max_fields
@@ -172,6 +193,9 @@ class _FilePartCollector:
         if part.filename is not None:
             data = part.chunks[0] if len(part.chunks) == 1 else b"".join(part.chunks)
             self.files.append(FilePart(part.field_name, part.filename, data))
+        else:
+            value = _decode(b"".join(part.chunks), self._charset)
+            self.fields.setdefault(part.field_name, value)
 
     def on_end(self) -> None:
         self.complete = True

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.http.disconnect import client_gone
 from service.http.errors import ClientError
-from service.http.multipart import MultipartError, parse_file_parts
+from service.http.multipart import MultipartError, parse_form
 from service.serving.decode_step import Upload
 
 FIELD_NAME = "file"
@@ -100,6 +100,14 @@ def clean_filename(name: str | None, index: int) -> str:
 
 async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     """Multipart ``file`` fields or one raw ``image/*`` body, within ``limits``."""
+    uploads, _ = await read_uploads_and_fields(request, limits)
+    return uploads
+
+
+async def read_uploads_and_fields(
+    request: Request, limits: UploadLimits
+) -> tuple[list[Upload], dict[str, str]]:
+    """:func:`read_uploads`, and the form's other fields (a raw body: the query string's)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == "multipart/form-data":
@@ -108,7 +116,7 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     if media_type.startswith("image/"):
         body = await read_body(request, limits.max_body_bytes, limits.body_timeout_s)
         filename = clean_filename(request.query_params.get("filename"), 0)
-        return [Upload(filename, body)]
+        return [Upload(filename, body)], dict(request.query_params)
     raise ClientError(
         415,
         f"send multipart/form-data with one or more {FIELD_NAME!r} fields, or a raw body with "
@@ -117,9 +125,11 @@ async def read_uploads(request: Request, limits: UploadLimits) -> list[Upload]:
     )
 
 
-def _parse_multipart(content_type: str, body: bytes, max_images: int) -> list[Upload]:
+def _parse_multipart(
+    content_type: str, body: bytes, max_images: int
+) -> tuple[list[Upload], dict[str, str]]:
     try:
-        parts = parse_file_parts(
+        parts, fields = parse_form(
             body,
             content_type,
             max_files=max_images,
@@ -136,7 +146,8 @@ def _parse_multipart(content_type: str, body: bytes, max_images: int) -> list[Up
             f"(curl -F {FIELD_NAME}=@digit.png ...)",
             reason="bad_request",
         )
-    return [Upload(clean_filename(part.filename, i), part.data) for i, part in enumerate(files)]
+    uploads = [Upload(clean_filename(part.filename, i), part.data) for i, part in enumerate(files)]
+    return uploads, fields
 
 
 def _multipart_error(message: str, max_images: int) -> ClientError:

@@ -228,9 +228,10 @@ def classification_strings(
 
 
 def infer_answer(
-    request: InferRequest, model: LoadedModel, probabilities: np.ndarray
+    request: InferRequest, model: LoadedModel, probabilities: np.ndarray, request_id: str
 ) -> tuple[dict[str, Any], bytes]:
-    """The JSON answer and the binary data to follow it (empty for a JSON-only answer)."""
+    """The JSON answer and the binary data to follow it (empty for a JSON-only answer). Its
+    ``id`` is the client's, as the protocol asks, else the service's ``request_id``."""
     output: dict[str, Any] = {"name": SERVE_OUTPUT_NAME}
     wanted = request.output
     binary = b""
@@ -256,12 +257,11 @@ def infer_answer(
     if wanted.binary:
         output["parameters"] = {"binary_data_size": len(binary)}
     answer: dict[str, Any] = {
+        "id": request.request_id if request.request_id is not None else request_id,
         "model_name": model.name,
         "model_version": str(model.version),
         "outputs": [output],
     }
-    if request.request_id is not None:
-        answer["id"] = request.request_id
     return answer, binary
 
 

@@ -26,7 +26,8 @@ from service.http.auth import check_api_key
 from service.http.disconnect import unless_disconnected
 from service.http.errors import ClientError
 from service.http.uploads import FIELD_NAME, read_uploads
-from service.serving.explain import ExplainBusyError, ExplainRunner, explain_image
+from service.serving.bounded import BoundedRunner, RunnerBusyError
+from service.serving.explain import explain_image
 from service.serving.inference import model_ref
 from service.serving.model_store import LoadedModel
 from service.state import ServiceState
@@ -34,7 +35,7 @@ from service.state import ServiceState
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["inference"])
 
-#: Key of the per-app :class:`ExplainRunner` in ``ServiceState.extras`` (made on first use).
+#: Key of the per-app :class:`BoundedRunner` in ``ServiceState.extras`` (made on first use).
 RUNNER_KEY = "explain_runner"
 
 _REQUEST_BODY_DOC: dict[str, Any] = {
@@ -61,11 +62,11 @@ _REQUEST_BODY_DOC: dict[str, Any] = {
 }
 
 
-def get_runner(state: ServiceState) -> ExplainRunner:
+def get_runner(state: ServiceState) -> BoundedRunner:
     runner = state.extras.get(RUNNER_KEY)
-    if not isinstance(runner, ExplainRunner):
+    if not isinstance(runner, BoundedRunner):
         max_waiting = state.settings.explain_max_waiting
-        runner = ExplainRunner(max_waiting=max_waiting, concurrency=1)
+        runner = BoundedRunner(max_waiting=max_waiting, concurrency=1, thread_name="explain")
         state.extras[RUNNER_KEY] = runner
     return runner
 
@@ -159,7 +160,7 @@ async def explain(request: Request, state: State) -> JSONResponse:
                 wait_timeout_s=state.settings.request_timeout_s,
             ),
         )
-    except ExplainBusyError:
+    except RunnerBusyError:
         raise ClientError(
             503,
             "an explanation is already running and others are waiting; explanations run one "

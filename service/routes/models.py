@@ -13,15 +13,17 @@ from typing import Any
 from fastapi import APIRouter
 
 from service.deps import State
+from service.feedback.drift import baseline_problem
 from service.serving.config import CONFIG_FILE
 from service.serving.repository import ServedModel
 
 router = APIRouter(tags=["models"])
 
 
-def describe_model(served: ServedModel) -> dict[str, Any]:
+def describe_model(served: ServedModel, default_capture_rate: float = 0.0) -> dict[str, Any]:
     """One model: versions and states, labels, policy, limits, the default version's metadata
-    (``serving``) and every served version's (``served``, newest first)."""
+    (``serving``) and every served version's (``served``, newest first), its capture rate, and
+    per served version whether its drift is measured (else why not)."""
     default = served.default_version()
     problems = served.label_problems()
     return {
@@ -54,15 +56,28 @@ def describe_model(served: ServedModel) -> dict[str, Any]:
             for row in served.store.statuses()
         ],
         "repository_problem": served.store.repository_problem,
+        "capture_rate": (
+            default_capture_rate
+            if served.config.capture_rate is None
+            else served.config.capture_rate
+        ),
+        "drift": {
+            str(version): baseline_problem(
+                model.metadata.drift_baseline, model.metadata.class_names
+            )
+            or "measured"
+            for version, model in sorted(served.store.served.items(), reverse=True)
+        },
     }
 
 
 @router.get("/models", summary="Every model, its versions and states, labels and policy")
 async def list_models(state: State) -> dict[str, Any]:
     repository = state.repository
-    models = [describe_model(repository.models[name]) for name in repository.names()]
+    rate = state.settings.capture_rate
+    models = [describe_model(repository.models[name], rate) for name in repository.names()]
     default = repository.default
-    own = describe_model(default) if default is not None else None
+    own = describe_model(default, rate) if default is not None else None
     watcher = repository.config_watcher
     return {
         "name": repository.default_name,

@@ -71,13 +71,20 @@ async def _predict(
     served, model = dataplane.choose_model(state, name, version=version, label=label)
     uploads = await read_uploads(request, state.upload_limits)
     images = await dataplane.decode_uploads(state, uploads, model)
-    predictions = await dataplane.predict(request, state, served, model, images)
+    predictions = await dataplane.predict(
+        request, state, served, model, images, [upload.data for upload in uploads]
+    )
     class_names = model.metadata.class_names
+    request_id, ids = dataplane.answer_ids(request, len(predictions))
     results = [
-        {"filename": upload.filename, "predictions": top_k(p.probabilities, class_names, k)}
-        for upload, p in zip(uploads, predictions, strict=True)
+        {
+            "id": prediction_id,
+            "filename": upload.filename,
+            "predictions": top_k(p.probabilities, class_names, k),
+        }
+        for prediction_id, upload, p in zip(ids, uploads, predictions, strict=True)
     ]
-    return JSONResponse({"model": model_ref(model), "results": results})
+    return JSONResponse({"id": request_id, "model": model_ref(model), "results": results})
 
 
 @router.post(

@@ -37,7 +37,9 @@ async def _predict(
         max_pixels=state.settings.max_pixels,
     )
     images = await dataplane.tensor_images(state, images_input, model)
-    predictions = await dataplane.predict(request, state, served, model, images)
+    predictions = await dataplane.predict(
+        request, state, served, model, images, dataplane.arrived_inputs(images_input)
+    )
     return JSONResponse(
         tfserving.predict_answer([p.probabilities for p in predictions], columnar),
         headers={VERSION_HEADER: str(model.version)},

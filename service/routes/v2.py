@@ -93,9 +93,12 @@ async def _infer(
         max_pixels=state.settings.max_pixels,
     )
     images = await dataplane.tensor_images(state, infer_request.images, model)
-    predictions = await dataplane.predict(request, state, served, model, images)
+    predictions = await dataplane.predict(
+        request, state, served, model, images, dataplane.arrived_inputs(infer_request.images)
+    )
+    request_id, _ = dataplane.answer_ids(request, 0)
     answer, tail = v2.infer_answer(
-        infer_request, model, np.stack([p.probabilities for p in predictions])
+        infer_request, model, np.stack([p.probabilities for p in predictions]), request_id
     )
     if not tail and not infer_request.output.binary:
         return JSONResponse(answer)

@@ -13,6 +13,7 @@ models:
       stable: 3
       canary: {version: 4, weight: 0.1}  # 10 % of unpinned requests
     limits: {max_batch_size: 16, max_queue_size: 64, batch_timeout_s: 0.002}
+    capture_rate: 0.05                 # store 5 % of its inputs for feedback
 ```
 
 A version a label names is served beside the policy's versions (when it loads): publishing a new
@@ -93,6 +94,9 @@ class ModelConfig(_Strict):
     version_policy: VersionPolicy = Field(default_factory=LatestPolicy)
     labels: dict[str, LabelTarget] = Field(default_factory=dict)
     limits: ModelLimits = Field(default_factory=ModelLimits)
+    capture_rate: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="IMGCLS_CAPTURE_RATE for this model"
+    )
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -66,3 +66,19 @@ class DeadlineExceeded(ServingError):
 
 class ModelFailed(ServingError):
     """The model call raised on this request's batch (a server fault, not the client's)."""
+
+
+class UnknownPrediction(ServingError):
+    """Feedback names a prediction id that was never captured, or whose capture expired."""
+
+
+class UnknownLabel(ServingError):
+    """Feedback names a class the model does not know (and does not say it is a new one)."""
+
+
+class AlreadyLabelled(ServingError):
+    """Feedback for a prediction that already has its true label."""
+
+
+class CaptureUnavailable(ServingError):
+    """The feedback folder cannot be written (full disk, permissions): retry later."""

@@ -2,17 +2,15 @@
 
 The numbers come from the SavedModel (training/explain.py publishes the endpoints); this module
 only calls them and turns their arrays into PNGs and a small JSON grid. Explanations never go
-through the batcher: :class:`ExplainRunner` runs them on ONE dedicated thread, one at a time,
-with a short bounded wait list, so a burst of explanations cannot take the model from /predict.
+through the batcher: a :class:`~service.serving.bounded.BoundedRunner` runs them on ONE
+dedicated thread, one at a time, with a short bounded wait list, so a burst of explanations
+cannot take the model from /predict.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,8 +21,6 @@ from service.serving.inference import top_k
 from service.serving.model_store import LoadedModel
 
 __all__ = [
-    "ExplainBusyError",
-    "ExplainRunner",
     "colorize",
     "explain_image",
     "network_input_image",
@@ -46,66 +42,6 @@ _CROP_OUTLINE = (0, 200, 255)  # cyan: not on the inferno map, visible on black 
 _INFERNO = np.array(
     [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float32
 )
-
-
-class ExplainBusyError(Exception):
-    """An explanation is running and the wait list is full."""
-
-
-class ExplainRunner:
-    """Runs explanation jobs on one dedicated thread with bounded admission.
-
-    At most ``concurrency`` jobs run and ``max_waiting`` wait for a slot; a job beyond that is
-    refused at once with :class:`ExplainBusyError`. A slot is freed when its job's thread work
-    actually ends, even if the request that started it was cancelled (client gone), so cancelled
-    requests cannot pile up work behind the limiter's back.
-    """
-
-    def __init__(self, *, max_waiting: int, concurrency: int = 1) -> None:
-        if concurrency < 1 or max_waiting < 0:
-            raise ValueError("concurrency must be >= 1 and max_waiting >= 0")
-        self.concurrency = concurrency
-        self.max_waiting = max_waiting
-        self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="explain")
-        self._slots: asyncio.Semaphore | None = None
-        self._admitted = 0  # running + waiting
-
-    @property
-    def admitted(self) -> int:
-        """Jobs running or waiting right now."""
-        return self._admitted
-
-    async def run(self, fn: Callable[..., T], *args: Any, wait_timeout_s: float) -> T:
-        """Run ``fn(*args)`` on the explain thread and return its result.
-
-        Raises:
-            ExplainBusyError: ``concurrency + max_waiting`` jobs are already admitted.
-            TimeoutError: no slot freed up within ``wait_timeout_s`` seconds.
-        """
-        if self._admitted >= self.concurrency + self.max_waiting:
-            raise ExplainBusyError
-        if self._slots is None:  # created on the serving loop, on first use
-            self._slots = asyncio.Semaphore(self.concurrency)
-        slots = self._slots
-        self._admitted += 1
-        try:
-            await asyncio.wait_for(slots.acquire(), wait_timeout_s)
-        except BaseException:
-            self._admitted -= 1
-            raise
-
-        def release(_: object) -> None:
-            self._admitted -= 1
-            slots.release()
-
-        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        future.add_done_callback(release)
-        # shield: a cancelled request must not cancel the future before the thread is done,
-        # or the slot would be released while the model is still busy.
-        return await asyncio.shield(future)
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------- rendering
@@ -218,7 +154,8 @@ def explain_image(
     """Explain one image (H, W, 3, float32 0..255) with the model's own endpoints.
 
     ``class_index`` -1 explains the most probable class. Blocking and CPU-bound: run it on the
-    :class:`ExplainRunner` thread. Returns the /explain JSON body except "model" and "filename".
+    explanation thread (:class:`~service.serving.bounded.BoundedRunner`). Returns the /explain
+    JSON body except "model" and "filename".
     """
     import tensorflow as tf
 

@@ -303,6 +303,47 @@
     }
   }
 
+  // "Wrong? The right answer is [ ]": the image and its true class go to
+  // POST /models/{name}/feedback (classified again, counted for live accuracy, stored for the
+  // next training).
+  function offerFeedback(card, file, predicted) {
+    const form = $(".feedback", card);
+    const select = $(".feedback-label", card);
+    if (select.options.length === 0) {
+      for (const name of state.model.class_names) select.append(el("option", { value: name, text: name }));
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        enqueue(() => sendFeedback(card, file, select.value));
+      });
+    }
+    select.value = predicted;
+    form.hidden = false;
+  }
+
+  async function sendFeedback(card, file, label) {
+    const status = $(".feedback-status", card);
+    const button = $(".feedback-send", card);
+    button.disabled = true;
+    status.textContent = "sending…";
+    try {
+      const form = new FormData();
+      form.append("file", file, file.name);
+      form.append("label", label);
+      const path = `/models/${encodeURIComponent(state.choice.name)}/feedback`;
+      const response = await fetch(path, { method: "POST", body: form, headers: headers() });
+      if (!response.ok) throw new Error(await errorText(response));
+      const result = (await response.json()).results[0];
+      status.textContent = `Thanks: stored as “${result.label}” (version ${result.version} ` +
+        `answered “${result.predicted}”: ${result.outcome}).`;
+      card.dataset.feedback = result.outcome;
+    } catch (err) {
+      status.textContent = err.message;
+      card.dataset.feedback = "error";
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function renderExplanation(card, body, latencyMs) {
     renderBars(card, body.predictions);
     $(".gradcam-figure", card).hidden = false;
@@ -351,6 +392,7 @@
       const { body, latencyMs } = await postImages(path, [file]);
       renderExplanation(card, body, latencyMs);
       fillLabelSelect(card, file, body.explained.label);
+      offerFeedback(card, file, body.predictions[0].label);
     } catch (err) {
       error.textContent = err.message;
       $(".result-meta", card).textContent = "";
@@ -372,6 +414,7 @@
           "(no explanations: this version was published without them)";
         card.dataset.label = result.predictions[0].label;
         card.dataset.state = "done";
+        offerFeedback(card, files[i], result.predictions[0].label);
       });
     } catch (err) {
       for (const card of cards) {

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers.browser import ARTIFACTS, RequestLog, wait_for_cards
-from tests.helpers.servers import Server
+from tests.helpers.browser import ARTIFACTS, TIMEOUT_MS, RequestLog, wait_for_cards
+from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
 
 pytestmark = pytest.mark.e2e
@@ -169,3 +169,41 @@ def test_controls_are_labelled_and_reachable_by_keyboard_with_a_visible_focus(
     ):
         assert control in reached, reached
     assert log.outside() == []
+
+
+def test_wrong_answers_are_corrected_from_the_page(
+    browser: Any, trained_repo: Path, server_factory: Any, tmp_path: Path
+) -> None:
+    """ "Wrong? The right answer is [ ]" sends the image and the chosen class: the service
+    counts it against the version that answered and files it where training reads it."""
+    feedback_dir = tmp_path / "feedback"
+    server = server_factory(trained_repo, feedback_dir=str(feedback_dir))
+    seven = held_out_digit(server, 7, tmp_path / "seven.png")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    try:
+        tab.goto(server.url + "/")
+        tab.locator("#model-info").filter(has_text="test accuracy").wait_for()
+        tab.set_input_files("#file-input", str(seven))
+        card = wait_for_cards(tab, 1).first
+        form = card.locator("form.feedback")
+        form.wait_for()
+        assert card.locator(".feedback-label").input_value() == "7"  # the answer, preselected
+        card.locator(".feedback-label").select_option("1")  # the user says: it is a 1
+        card.locator(".feedback-send").click()
+        tab.wait_for_function(
+            "() => document.querySelector('.result').dataset.feedback !== undefined"
+        )
+        status = card.locator(".feedback-status").inner_text()
+        assert card.get_attribute("data-feedback") == "wrong", status
+        assert "stored as “1”" in status and "answered “7”" in status
+    finally:
+        context.close()
+    stored = list((feedback_dir / "digits" / "1").glob("*.png"))
+    assert len(stored) == 1 and stored[0].read_bytes() == seven.read_bytes()
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    wrong = metric_value(
+        metrics, "imgcls_feedback_total", {"model": "digits", "version": "1", "outcome": "wrong"}
+    )
+    assert wrong == 1

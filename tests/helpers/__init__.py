@@ -17,6 +17,8 @@ import helpers from here only, never from a conftest.py or from another test fil
 * :mod:`.stress_model`: the slow VGG-16 with an injected fault the reliability tests serve, and
   that server's settings.
 * :mod:`.browser`: what the page tests need besides the browser fixtures.
+* :mod:`.feedback`: captured predictions built in memory, a capture writer's reports recorded, a
+  clock the test moves, and the files a folder holds.
 * :mod:`.ops`: the monitoring files, the series the service exports, the dashboard's queries and
   the metric names and route selectors in PromQL.
 """

@@ -118,6 +118,8 @@ def republish(
         training={**meta.training, "republished_from": f"{name}/{source_version}"},
         data_fingerprint=meta.data_fingerprint,
         metrics=meta.metrics,
+        # The same network predicts the same: its baseline holds, unless the classes are renamed.
+        drift_baseline=meta.drift_baseline if class_names is None else None,
     )
     return version
 

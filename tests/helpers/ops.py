@@ -34,8 +34,9 @@ K8S = ROOT / "deploy" / "k8s"
 
 INSTALL_HINT = "apt-get install -y prometheus docker-compose"
 
-#: Every series the service exports (DESIGN's table plus imgcls_model_ready and the serving.yaml
-#: gauges: version labels, their weights, the file's validity), as scraped.
+#: Every series the service exports (DESIGN's table plus imgcls_model_ready, the serving.yaml
+#: gauges: version labels, their weights, the file's validity; and production feedback: labels
+#: given, test accuracy, prediction drift, capture), as scraped.
 SERVICE_METRICS: dict[str, str] = {
     "imgcls_requests": "counter",
     "imgcls_request_duration_seconds": "histogram",
@@ -53,6 +54,13 @@ SERVICE_METRICS: dict[str, str] = {
     "imgcls_version_label_info": "gauge",
     "imgcls_version_label_weight": "gauge",
     "imgcls_serving_config_valid": "gauge",
+    "imgcls_feedback": "counter",
+    "imgcls_model_test_accuracy": "gauge",
+    "imgcls_prediction_drift": "gauge",
+    "imgcls_captured": "counter",
+    "imgcls_capture_skipped": "counter",
+    "imgcls_capture_bytes": "gauge",
+    "imgcls_capture_writable": "gauge",
 }
 #: Series Prometheus itself attaches to every target.
 PROMETHEUS_SERIES = frozenset({"up", "scrape_duration_seconds", "scrape_samples_scraped"})

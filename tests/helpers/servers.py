@@ -42,6 +42,13 @@ def start_server(
     """Start ``python -m service`` on a free loopback port; wait for /healthz (and /readyz),
     unless ``wait`` is False (the test watches the start itself)."""
     port = free_port()
+    # Captured inputs and feedback go beside the log unless a test names its own folders:
+    # never into the checkout's data/.
+    settings = {
+        "capture_dir": str(log_dir / f"captured-{port}"),
+        "feedback_dir": str(log_dir / f"feedback-{port}"),
+        **settings,
+    }
     env = quiet_env(
         IMGCLS_HOST="127.0.0.1",
         IMGCLS_PORT=str(port),

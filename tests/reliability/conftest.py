@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import PYTHON, ROOT, quiet_env
+from tests.helpers.processes import run_module
 from tests.helpers.servers import Server, start_server, stop_server
 from tests.helpers.stress_model import MODEL_NAME, STRESS_SETTINGS
 
@@ -17,15 +16,7 @@ from tests.helpers.stress_model import MODEL_NAME, STRESS_SETTINGS
 def stress_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository holding stress/1 (see tests/helpers/stress_model.py)."""
     models = tmp_path_factory.mktemp("stress-models")
-    done = subprocess.run(
-        [PYTHON, "-m", "tests.helpers.stress_model", str(models)],
-        cwd=ROOT,
-        env=quiet_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = run_module("tests.helpers.stress_model", str(models))
     assert done.returncode == 0, done.stderr[-3000:]
     assert (models / MODEL_NAME / "1" / "metadata.json").is_file()
     return models

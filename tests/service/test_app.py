@@ -1,12 +1,14 @@
 """Tests for service.app: the app's lifespan (it sets the GIL switch interval, one of the
-/predict hot-path changes, see BENCHMARKS.md)."""
+/predict hot-path changes, see BENCHMARKS.md), and the request id on the app's error answers."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.app import create_app
@@ -28,6 +30,48 @@ def test_lifespan_sets_the_gil_switch_interval(tmp_path: Path) -> None:
         assert asyncio.run(body()) == pytest.approx(0.002)
     finally:
         sys.setswitchinterval(previous)
+
+
+def get(app: object, path: str, headers: dict[str, str]) -> httpx.Response:
+    """``GET path`` on ``app`` in process, without its lifespan (no model is loaded)."""
+
+    async def send() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get(path, headers=headers)
+
+    return asyncio.run(send())
+
+
+@pytest.mark.parametrize(
+    ("path", "status"), [("/no-such-route", 404), ("/broken", 500)], ids=["404", "500"]
+)
+def test_error_answers_carry_the_request_id_in_header_and_body(
+    tmp_path: Path, path: str, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client quoting the id of a failed request (a bug report) finds it in both places,
+    even when the route crashed."""
+    app = create_app(Settings(models_dir=tmp_path))
+
+    @app.get("/broken")
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    with caplog.at_level(logging.CRITICAL, logger="service.app"):  # the 500's traceback
+        answer = get(app, path, {"X-Request-Id": "bug-report-1"})
+    assert answer.status_code == status
+    assert answer.headers.get_list("x-request-id") == ["bug-report-1"]
+    assert answer.json()["id"] == "bug-report-1"
+
+
+def test_protocol_errors_keep_their_peers_shape_and_the_id_in_the_header(tmp_path: Path) -> None:
+    """TF Serving and V2 clients parse exactly ``{"error": ...}``: the id rides in the header."""
+    app = create_app(Settings(models_dir=tmp_path))
+    for path in ("/v1/models/nope/no-such", "/v2/no-such"):
+        answer = get(app, path, {"X-Request-Id": "bug-report-2"})
+        assert answer.status_code == 404
+        assert set(answer.json()) == {"error"}
+        assert answer.headers.get_list("x-request-id") == ["bug-report-2"]
 
 
 @pytest.mark.e2e  # a child process that imports TensorFlow

@@ -1,5 +1,7 @@
 """The in-memory multipart parser (``service.http.multipart``) answers what Starlette's form parser
-answers: the same files, names and bytes, and the same refusal for the same broken body."""
+answers: the same files, names and bytes, and the same refusal for the same broken body; and it
+hands back the form's other fields (``label`` of a feedback upload), decoded with the body's
+charset."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.http.multipart import MultipartError, parse_file_parts
+from service.http.multipart import FilePart, MultipartError, parse_file_parts, parse_form
 
 BOUNDARY = "----imgclsTestBoundary42"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -145,3 +147,65 @@ def test_a_truncated_body_is_refused_where_starlette_drops_the_part() -> None:
 def test_a_file_part_is_bounded_only_by_the_body() -> None:
     big = bytes(200_000)
     assert ours(body(part("file", big))) == [("file", "a.png", big)]
+
+
+# --- form fields (parse_form) ------------------------------------------------------------------
+
+
+def form(raw: bytes, content_type: str = CONTENT_TYPE) -> tuple[list[FilePart], dict[str, str]]:
+    return parse_form(raw, content_type, **LIMITS)
+
+
+@pytest.mark.parametrize("case", list(VALID))
+def test_parse_form_gives_the_same_files(case: str) -> None:
+    files, _ = form(VALID[case])
+    assert [(p.field_name, p.filename, p.data) for p in files] == ours(VALID[case])
+
+
+def test_fields_are_returned_by_name_and_files_are_not_fields() -> None:
+    raw = body(
+        part("label", b"3", filename=None), part("file", PNG_LIKE), part("new_class", b"true", None)
+    )
+    files, fields = form(raw)
+    assert fields == {"label": "3", "new_class": "true"}
+    assert [(p.field_name, p.data) for p in files] == [("file", PNG_LIKE)]
+
+
+def test_a_repeated_field_keeps_its_first_value() -> None:
+    _, fields = form(body(part("label", b"3", None), part("label", b"4", None)))
+    assert fields == {"label": "3"}
+
+
+def test_a_form_of_files_only_has_no_fields() -> None:
+    assert form(VALID["three files"])[1] == {}
+
+
+def test_an_empty_field_is_an_empty_string() -> None:
+    assert form(body(part("label", b"", None)))[1] == {"label": ""}
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw", "value"),
+    [
+        (None, "zif\u00e9r \u00fc".encode(), "zif\u00e9r \u00fc"),  # UTF-8 unless said otherwise
+        ("utf-8", "\u4e03".encode(), "\u4e03"),
+        ("latin-1", "zif\u00e9r".encode("latin-1"), "zif\u00e9r"),
+        ("iso-8859-7", "\u03b5\u03c0\u03c4\u03ac".encode("iso-8859-7"), "\u03b5\u03c0\u03c4\u03ac"),
+        ("no-such-charset", b"zif\xe9r", "zif\u00e9r"),  # unknown: read as latin-1
+        (None, b"zif\xe9r", "zif\u00e9r"),  # not UTF-8 after all: read as latin-1, not refused
+    ],
+)
+def test_fields_are_decoded_with_the_bodys_charset(
+    charset: str | None, raw: bytes, value: str
+) -> None:
+    content_type = CONTENT_TYPE + (f"; charset={charset}" if charset else "")
+    files, fields = form(body(part("label", raw, None), part("file", b"\xff\xfe")), content_type)
+    assert fields == {"label": value}
+    assert files[0].data == b"\xff\xfe"  # file bytes are never decoded
+
+
+def test_field_limits_still_hold() -> None:
+    with pytest.raises(MultipartError, match="Part exceeded maximum size of 1KB"):
+        form(body(part("label", b"x" * 1025, None)))
+    with pytest.raises(MultipartError, match="Maximum number of fields is 2"):
+        form(body(*[part("label", b"3", None)] * 3))

@@ -354,7 +354,7 @@ def test_v2_classification_strings_are_score_index_label() -> None:
 
 
 def answer_for(header: dict[str, Any], probabilities: np.ndarray) -> tuple[dict[str, Any], bytes]:
-    return v2.infer_answer(v2_parse(header), loaded_model(3, CLASS_NAMES), probabilities)
+    return v2.infer_answer(v2_parse(header), loaded_model(3, CLASS_NAMES), probabilities, "rid")
 
 
 PROBABILITIES = np.array([[0.1, 0.6, 0.05, 0.25], [0.7, 0.1, 0.1, 0.1]], dtype=np.float32)
