@@ -35,6 +35,9 @@ REQUIRED_ALERTS = {
     "ImgclsCanaryErrorRateAboveStable",
     "ImgclsCanaryConfidenceBelowStable",
     "ImgclsServingConfigInvalid",
+    "ImgclsLiveAccuracyBelowTest",
+    "ImgclsPredictionDrift",
+    "ImgclsCaptureFailing",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -188,9 +191,12 @@ def test_probe_selector_leaves_out_exactly_the_probe_routes(
 
 def test_inference_selectors_match_every_protocol(service_routes: dict[str, set[str]]) -> None:
     """Latency and queue rules select every protocol's predict/infer route, and nothing else
-    (plus /explain for the queue, which runs through the batcher too)."""
-    inference = {path for path, methods in service_routes.items() if "POST" in methods} - {
-        "/explain"
+    (plus /explain for the queue, which runs through the batcher too). Feedback routes
+    (``/feedback``, ``/models/{name}/feedback``) are client traffic, not classify requests."""
+    inference = {
+        path
+        for path, methods in service_routes.items()
+        if "POST" in methods and path != "/explain" and not path.endswith("/feedback")
     }
     assert {
         "/predict",
@@ -222,6 +228,49 @@ def test_canary_alerts_compare_the_canary_and_stable_labels() -> None:
     assert rules["ImgclsServingConfigInvalid"]["expr"].strip() == "imgcls_serving_config_valid == 0"
 
 
+def rules_by_name() -> dict[str, dict[str, Any]]:
+    groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
+    return {
+        rule.get("alert") or rule["record"]: rule for group in groups for rule in group["rules"]
+    }
+
+
+def test_live_accuracy_alert_compares_feedback_with_test_accuracy() -> None:
+    """Live accuracy = correct / (correct + wrong) over 1 h per version (new_class left out),
+    alerted more than X = 0.05 below the same version's test accuracy, with N >= 50 examples;
+    the thresholds are written in the description too."""
+    rules = rules_by_name()
+    by_outcome = rules["imgcls:feedback_by_outcome:increase1h"]["expr"]
+    assert "imgcls_feedback_total" in by_outcome and "[1h]" in by_outcome
+    labelled = rules["imgcls:feedback_labelled:increase1h"]["expr"]
+    assert 'outcome=~"correct|wrong"' in labelled and "new_class" not in labelled
+    accuracy = rules["imgcls:feedback_accuracy:ratio_rate1h"]["expr"]
+    assert 'outcome="correct"' in accuracy and "new_class" not in accuracy
+    assert "imgcls_model_test_accuracy" in rules["imgcls:model_test_accuracy:max"]["expr"]
+    alert = rules["ImgclsLiveAccuracyBelowTest"]
+    expr = " ".join(alert["expr"].split())
+    assert "imgcls:model_test_accuracy:max - on (job, model, version)" in expr
+    assert ") > 0.05" in expr
+    assert "imgcls:feedback_labelled:increase1h >= 50" in expr
+    assert alert["for"] == "15m"
+    description = alert["annotations"]["description"]
+    assert "5 points" in description and "50 labelled examples" in description
+
+
+def test_drift_and_capture_alerts() -> None:
+    rules = rules_by_name()
+    drift = rules["ImgclsPredictionDrift"]
+    expr = " ".join(drift["expr"].split())
+    for kind in ("class", "confidence"):
+        assert f'imgcls_prediction_drift{{kind="{kind}"}}) > 0.3' in expr
+    assert "by (job, model, version, kind)" in expr
+    assert drift["for"] == "10m"
+    assert "threshold 0.3" in drift["annotations"]["description"]
+    capture = rules["ImgclsCaptureFailing"]
+    assert capture["expr"].strip() == "imgcls_capture_writable == 0"
+    assert capture["for"] == "5m"
+
+
 #: Labels a rule may aggregate by: each bounded by the service (routes, codes, the model
 #: repository, serving.yaml labels, the classes, histogram buckets) or by the deployment.
 BOUNDED_LABELS = {
@@ -236,6 +285,8 @@ BOUNDED_LABELS = {
     "le",
     "reason",
     "result",
+    "outcome",
+    "kind",
 }
 _BY_CLAUSE = re.compile(r"\b(?:by|on)\s*\(([^()]*)\)")
 

@@ -24,7 +24,13 @@ pytestmark = pytest.mark.e2e  # every test runs the Compose CLI
 
 PASSWORD = "ops-test-not-a-secret"
 #: Compose variables a developer may have exported; the tests must not see them.
-_SCRUBBED = ("GRAFANA_ADMIN_PASSWORD", "COMPOSE_PROFILES", "COMPOSE_FILE", "COMPOSE_PROJECT_NAME")
+_SCRUBBED = (
+    "GRAFANA_ADMIN_PASSWORD",
+    "COMPOSE_PROFILES",
+    "COMPOSE_FILE",
+    "COMPOSE_PROJECT_NAME",
+    "IMGCLS_CAPTURE_RATE",
+)
 
 
 def compose_config(
@@ -120,6 +126,34 @@ def test_models_folder_is_shared_read_only_for_the_api(config: dict[str, Any]) -
     assert services["api"]["user"] == services["trainer"]["user"], (
         "api must read what trainer writes"
     )
+
+
+def test_data_folder_holds_capture_and_feedback_for_api_and_trainer(
+    config: dict[str, Any],
+) -> None:
+    """./data is mounted writable into the api (captures, feedback) and the trainer (it reads
+    the feedback as training data), and both folders the api writes lie inside it."""
+    services = config["services"]
+    data = str(ROOT / "data")
+    api, trainer = mounts(services["api"]), mounts(services["trainer"])
+    (target,) = [path for path, (source, _) in api.items() if source == data]
+    assert api[target] == (data, False), "the api writes captures and feedback"
+    assert trainer[target] == (data, False), "the trainer reads the same folder"
+    env = services["api"]["environment"]
+    for name in ("IMGCLS_CAPTURE_DIR", "IMGCLS_FEEDBACK_DIR"):
+        assert PurePosixPath(env[name]).is_relative_to(target), (name, env[name])
+    assert env["IMGCLS_CAPTURE_DIR"] != env["IMGCLS_FEEDBACK_DIR"]
+    # A bind mount of a missing folder is created by Docker as root: the api's uid could not
+    # write it. The folder is in the repository (its contents are ignored).
+    assert (ROOT / "data" / ".gitkeep").is_file()
+
+
+def test_capture_is_off_unless_asked_for(config: dict[str, Any]) -> None:
+    """Capture stores users' images: off by default, switched on from the shell or .env."""
+    env = config["services"]["api"]["environment"]
+    assert float(env["IMGCLS_CAPTURE_RATE"]) == 0
+    raw = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["api"]["environment"]
+    assert raw["IMGCLS_CAPTURE_RATE"] == "${IMGCLS_CAPTURE_RATE:-0}"
 
 
 def test_api_scales_without_a_fixed_host_port(config: dict[str, Any]) -> None:

@@ -78,6 +78,25 @@ REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
         {"imgcls_version_label_weight", "imgcls_version_label_info"},
         ["by (model, version_label)"],
     ),
+    # Production feedback: live accuracy beside test accuracy, drift, capture.
+    "Accuracy from feedback vs test (1h)": (
+        {"imgcls:feedback_accuracy:ratio_rate1h", "imgcls:model_test_accuracy:max"},
+        [],
+    ),
+    "Feedback examples by outcome (1h)": (
+        {"imgcls:feedback_by_outcome:increase1h", "imgcls:feedback_labelled:increase1h"},
+        [],
+    ),
+    "Prediction drift by version": (
+        {"imgcls_prediction_drift"},
+        ["by (job, model, version, kind)"],
+    ),
+    "Capture: stored and skipped (samples/s)": (
+        {"imgcls_captured_total", "imgcls_capture_skipped_total"},
+        ["by (model, reason)", "rate("],
+    ),
+    "Capture bytes on disk": ({"imgcls_capture_bytes"}, ["by (model)"]),
+    "Capture writable": ({"imgcls_capture_writable"}, ["by (instance)"]),
 }
 #: The panels of the "Stable vs canary" row, in order.
 CANARY_ROW = [
@@ -87,6 +106,15 @@ CANARY_ROW = [
     "Mean top-1 confidence by version (5m)",
     "Serving config valid",
     "Version label weights",
+]
+#: The panels of the "Production feedback" row, in order.
+FEEDBACK_ROW = [
+    "Accuracy from feedback vs test (1h)",
+    "Feedback examples by outcome (1h)",
+    "Prediction drift by version",
+    "Capture: stored and skipped (samples/s)",
+    "Capture bytes on disk",
+    "Capture writable",
 ]
 _RATE_ARGUMENT = re.compile(r"\b(?:rate|irate|increase)\(\s*([A-Za-z_:][A-Za-z0-9_:]*)")
 
@@ -212,20 +240,44 @@ def test_metric_list_matches_the_service() -> None:
     assert "queue_full" in metrics.REJECTION_REASONS, "ImgclsQueueSaturated reads queue_full"
 
 
-def test_stable_vs_canary_row_holds_its_panels() -> None:
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [("Stable vs canary", CANARY_ROW), ("Production feedback", FEEDBACK_ROW)],
+)
+def test_row_holds_its_panels(row: str, expected: list[str]) -> None:
     """The row exists and its panels follow it, before the next row (Grafana's row layout)."""
     panels = iter_panels()
     titles = [panel["title"] for panel in panels]
-    start = titles.index("Stable vs canary")
+    start = titles.index(row)
     assert panels[start]["type"] == "row"
     following = []
     for panel in panels[start + 1 :]:
         if panel["type"] == "row":
             break
         following.append(panel["title"])
-    assert following == CANARY_ROW
+    assert following == expected
     row_y = panels[start]["gridPos"]["y"]
     assert all(panel["gridPos"]["y"] > row_y for panel in panels[start + 1 :])
+
+
+def threshold_steps(panel: dict[str, Any]) -> list[float]:
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    return [step["value"] for step in steps if step["value"] is not None]
+
+
+def test_feedback_panels_draw_the_alert_thresholds() -> None:
+    """The drift panel's line is ImgclsPredictionDrift's 0.3, the feedback count panel's is
+    ImgclsLiveAccuracyBelowTest's 50 examples: read from alerts.yml, so they move together."""
+    rules = rule_exprs()
+    drift = re.findall(r"imgcls_prediction_drift\{[^}]*\}\) > ([0-9.]+)", rules)
+    assert drift and len(set(drift)) == 1, drift
+    (examples,) = re.findall(r"imgcls:feedback_labelled:increase1h >= ([0-9]+)", rules)
+    panels = panels_by_title()
+    assert threshold_steps(panels["Prediction drift by version"]) == [float(drift[0])]
+    assert threshold_steps(panels["Feedback examples by outcome (1h)"]) == [float(examples)]
+    for title in ("Prediction drift by version", "Feedback examples by outcome (1h)"):
+        custom = panels[title]["fieldConfig"]["defaults"]["custom"]
+        assert custom["thresholdsStyle"]["mode"] in {"line", "dashed", "line+area"}, title
 
 
 def test_route_selectors_match_the_rules() -> None:

@@ -5,7 +5,7 @@ run as non-root on a read-only root filesystem with the models volume read-only.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -17,18 +17,42 @@ from tests.helpers.ops import DOCKERFILE, K8S, load_yaml_documents
 SHUTDOWN_GRACE_S = 20
 
 
+def all_documents() -> list[dict[str, Any]]:
+    return [
+        doc
+        for name in ("deployment.yaml", "service.yaml", "hpa.yaml")
+        for doc in load_yaml_documents(K8S / name)
+    ]
+
+
 def by_kind() -> dict[str, dict[str, Any]]:
+    """One manifest per kind, claims left out (the models claim, and the data claim when it is
+    uncommented): :func:`claims_by_name` has those."""
     docs: dict[str, dict[str, Any]] = {}
-    for name in ("deployment.yaml", "service.yaml", "hpa.yaml"):
-        for doc in load_yaml_documents(K8S / name):
-            assert doc["kind"] not in docs, f"two {doc['kind']} manifests"
-            docs[doc["kind"]] = doc
+    for doc in all_documents():
+        if doc["kind"] == "PersistentVolumeClaim":
+            continue
+        assert doc["kind"] not in docs, f"two {doc['kind']} manifests"
+        docs[doc["kind"]] = doc
     return docs
+
+
+def claims_by_name() -> dict[str, dict[str, Any]]:
+    return {
+        doc["metadata"]["name"]: doc
+        for doc in all_documents()
+        if doc["kind"] == "PersistentVolumeClaim"
+    }
 
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, dict[str, Any]]:
     return by_kind()
+
+
+@pytest.fixture(scope="module")
+def claims() -> dict[str, dict[str, Any]]:
+    return claims_by_name()
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +78,14 @@ def resolve_port(container: dict[str, Any], port: int | str) -> int:
     return int(named[port])
 
 
-def test_manifest_kinds_and_api_versions(manifests: dict[str, dict[str, Any]]) -> None:
+def test_manifest_kinds_and_api_versions(
+    manifests: dict[str, dict[str, Any]], claims: dict[str, dict[str, Any]]
+) -> None:
     assert manifests["Deployment"]["apiVersion"] == "apps/v1"
     assert manifests["Service"]["apiVersion"] == "v1"
     assert manifests["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
-    assert manifests["PersistentVolumeClaim"]["apiVersion"] == "v1"
+    assert claims, "the models claim"
+    assert all(claim["apiVersion"] == "v1" for claim in claims.values())
 
 
 def test_probes_use_the_service_routes(container: dict[str, Any]) -> None:
@@ -138,7 +165,7 @@ def test_runs_as_non_root_with_read_only_root(
 
 
 def test_models_volume_is_a_read_only_pvc(
-    manifests: dict[str, dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
+    claims: dict[str, dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
 ) -> None:
     env = {entry["name"]: entry.get("value") for entry in container["env"]}
     mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
@@ -146,10 +173,37 @@ def test_models_volume_is_a_read_only_pvc(
     assert models_mount["readOnly"] is True
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     claim = volumes[models_mount["name"]]["persistentVolumeClaim"]
-    assert claim["claimName"] == manifests["PersistentVolumeClaim"]["metadata"]["name"]
+    assert claim["claimName"] in claims
     assert claim["readOnly"] is True
     # A read-only root filesystem needs a writable /tmp (Keras, Matplotlib, multiprocess metrics).
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+
+
+def test_capture_is_off_or_on_a_volume_every_replica_shares(
+    claims: dict[str, dict[str, Any]], pod: dict[str, Any], container: dict[str, Any]
+) -> None:
+    """With several replicas, captures and feedback must live on one volume that every pod
+    mounts (a ReadWriteMany claim): a prediction captured by one pod is labelled through any
+    other. Without it capture stays off. Either way capture is off by default (privacy)."""
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert float(env["IMGCLS_CAPTURE_RATE"]) == 0, "capture is off unless an operator opts in"
+    folders = [PurePosixPath(env[name]) for name in ("IMGCLS_CAPTURE_DIR", "IMGCLS_FEEDBACK_DIR")]
+    assert all(folder.is_absolute() for folder in folders) and folders[0] != folders[1]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for folder in folders:
+        mounts = [
+            mount
+            for mount in container["volumeMounts"]
+            if folder.is_relative_to(mount["mountPath"])
+        ]
+        if not mounts:  # on the read-only root filesystem: feedback answers 503, capture off
+            continue
+        mount = max(mounts, key=lambda mount: len(mount["mountPath"]))
+        assert not mount.get("readOnly"), f"{folder} is written"
+        volume = volumes[mount["name"]]
+        assert "persistentVolumeClaim" in volume, f"{folder}: a per-pod volume splits the data"
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        assert "ReadWriteMany" in claim["spec"]["accessModes"], f"{folder}: every pod mounts it"
 
 
 def test_termination_grace_covers_the_queue_drain(pod: dict[str, Any]) -> None:

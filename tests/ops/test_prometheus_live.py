@@ -16,32 +16,44 @@ against what the service really exports.
 from __future__ import annotations
 
 import itertools
+import json
 import shutil
-import subprocess
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.images import digit_pngs
+from tests.helpers.images import digit_label, digit_pngs
 from tests.helpers.models import republish
-from tests.helpers.ops import ALERT_RULES, PROMETHEUS_CONFIG, iter_dashboard_queries, missing_tool
-from tests.helpers.servers import Server, free_port, start_server, stop_server
+from tests.helpers.ops import ALERT_RULES, iter_dashboard_queries
+from tests.helpers.prometheus import (
+    PROMETHEUS_START_TIMEOUT_S,
+    WAIT_TIMEOUT_S,
+    Prometheus,
+    api_scrape_config,
+    start_prometheus,
+    stop_prometheus,
+)
+from tests.helpers.servers import Server, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
 #: Predictions sent at least, one image per request, so requests == predictions (a few more while
 #: the canary's share is random: see the ``monitored`` fixture); never more than MAX_REQUESTS.
-N_PREDICTIONS = 25
+N_PREDICTIONS = 60
 MAX_REQUESTS = 200
+#: IMGCLS_DRIFT_WINDOW of the monitored service: small, so that each version's share of
+#: N_PREDICTIONS fills it and the drift gauges exist (the default 1000 would need 100 each).
+DRIFT_WINDOW = 10
 #: The repository's serving.yaml: two served versions, the canary takes half of /predict.
 SERVING_YAML = textwrap.dedent(
     """\
@@ -56,13 +68,9 @@ SERVING_YAML = textwrap.dedent(
 #: The version labels that file exports: label -> (version, weight).
 LABELS = {"stable": ("1", 0.0), "canary": ("2", 0.5)}
 VERSIONS = {version for version, _ in LABELS.values()}
-#: Prometheus is ready in about a second and scrapes a new target about 5 s later (its service
-#: discovery sends updates every 5 s); the rest of each bound is slack for a busy 2-core runner.
-PROMETHEUS_START_TIMEOUT_S = 30.0
-WAIT_TIMEOUT_S = 20.0
 #: Alerts that must be inactive while one healthy replica serves a ready model without errors or
-#: rejections. The others (p99 latency, confidence drift) depend on the runner's speed or on the
-#: model, so they are only checked to evaluate without error.
+#: rejections. The others (p99 latency, confidence drift, prediction drift) depend on the runner's
+#: speed or on the model, so they are only checked to evaluate without error.
 QUIET_WHEN_HEALTHY = (
     "ImgclsInstanceDown",
     "ImgclsNoModelReady",
@@ -72,143 +80,14 @@ QUIET_WHEN_HEALTHY = (
     "ImgclsQueueBacklog",
     "ImgclsCanaryErrorRateAboveStable",
     "ImgclsServingConfigInvalid",
+    "ImgclsLiveAccuracyBelowTest",
+    "ImgclsCaptureFailing",
 )
 #: The Go zero time: what /api/v1/rules reports for a rule never evaluated.
 NEVER = "0001-01-01T00:00:00Z"
 
-T = TypeVar("T")
-
-
-# --- the Prometheus process -------------------------------------------------------------------
-@dataclass
-class Prometheus:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def api(self, path: str, **params: str) -> dict[str, Any]:
-        """GET ``/api/v1/<path>``; the parsed body (``status`` is ``success`` or ``error``)."""
-        response = httpx.get(f"{self.url}/api/v1/{path}", params=params, timeout=10.0)
-        body: dict[str, Any] = response.json()
-        return body
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query that must succeed; its result vector."""
-        body = self.api("query", query=expr)
-        assert body["status"] == "success", f"{expr}: {body}"
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def scalar(self, expr: str) -> float | None:
-        """The value of a query that returns at most one series (None when it returns none)."""
-        result = self.query(expr)
-        assert len(result) <= 1, f"{expr}: {result}"
-        return float(result[0]["value"][1]) if result else None
-
-    def wait_for(
-        self,
-        what: str,
-        probe: Callable[[], T],
-        done: Callable[[T], bool] = bool,
-        timeout_s: float = WAIT_TIMEOUT_S,
-    ) -> T:
-        """Poll ``probe`` until ``done(value)``; return that value. After ``timeout_s`` fail with
-        ``what``, the last value seen and the tail of Prometheus's log."""
-        deadline = time.monotonic() + timeout_s
-        last: object = "nothing yet"
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"prometheus exited with {self.process.returncode} while waiting for {what}"
-                    f":\n{self.log_tail()}",
-                    pytrace=False,
-                )
-            try:
-                value = probe()
-            except (httpx.TransportError, ValueError) as exc:  # not listening yet, or bad JSON
-                last = exc
-            else:
-                if done(value):
-                    return value
-                last = value
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"{what}: not within {timeout_s:.0f} s (last: {last!r})\n"
-                    f"prometheus log:\n{self.log_tail()}",
-                    pytrace=False,
-                )
-            time.sleep(0.25)
-
-
-def api_scrape_config() -> dict[str, Any]:
-    """The compose stack's scrape job for the service (the one that discovers replicas by DNS)."""
-    jobs = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
-    (api,) = [job for job in jobs if "dns_sd_configs" in job]
-    return dict(api)
-
-
-def live_config(target: str) -> dict[str, Any]:
-    """``monitoring/prometheus.yml`` for one known target: same job name and metrics path, a
-    static target instead of DNS, the real rule file, and 1 s scrapes and evaluations."""
-    compose_job = api_scrape_config()
-    return {
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(ALERT_RULES.resolve())],
-        "scrape_configs": [
-            {
-                "job_name": compose_job["job_name"],
-                "metrics_path": compose_job.get("metrics_path", "/metrics"),
-                "static_configs": [{"targets": [target]}],
-            }
-        ],
-    }
-
-
-def start_prometheus(binary: str, target: str, workdir: Path) -> Prometheus:
-    config = live_config(target)
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
-    log_path = workdir / "prometheus.log"
-    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return Prometheus(f"http://127.0.0.1:{port}", process, log_path, config)
-
-
-def stop_prometheus(prometheus: Prometheus, timeout_s: float = 15.0) -> None:
-    if prometheus.process.poll() is None:
-        prometheus.process.terminate()
-        try:
-            prometheus.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            prometheus.process.kill()
-            prometheus.process.wait()
-
 
 # --- fixtures ---------------------------------------------------------------------------------
-@pytest.fixture(scope="session")  # session, like trained_repo, so it is checked before training
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        missing_tool("prometheus not found on PATH")
-    return path
-
-
 @dataclass
 class Monitored:
     server: Server
@@ -219,6 +98,9 @@ class Monitored:
     sent: int  # /predict requests sent (and answered 200), one image each
     top1: Counter[str]  # top-1 label of each prediction, as the clients received them
     served_by: Counter[str]  # the version that answered each request, as the answers said
+    #: (version, outcome) -> labelled answers the clients sent back (every prediction, with
+    #: its true label): "correct" when the answer was the true class, else "wrong".
+    feedback: Counter[tuple[str, str]]
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +121,14 @@ def monitored(
     shutil.copytree(trained_repo, models_dir)
     assert republish(models_dir) == 2
     (models_dir / "serving.yaml").write_text(SERVING_YAML)
-    server = start_server(models_dir, workdir)
+    server = start_server(
+        models_dir,
+        workdir,
+        capture_rate="1",
+        capture_dir=str(workdir / "captured"),
+        feedback_dir=str(workdir / "feedback"),
+        drift_window=str(DRIFT_WINDOW),
+    )
     prometheus: Prometheus | None = None
     try:
         instance = server.url.removeprefix("http://")
@@ -273,6 +162,7 @@ def monitored(
 
         top1: Counter[str] = Counter()
         served_by: Counter[str] = Counter()
+        truths: list[tuple[str, str, str, str]] = []  # (id, version, answered, true label)
         expr = 'sum(imgcls_requests_total{route="/predict",code="200"})'
         with server.client() as client:
             images = itertools.cycle(enumerate(digit_pngs(N_PREDICTIONS)))
@@ -285,10 +175,12 @@ def monitored(
                 )
                 assert response.status_code == 200, response.text
                 answer = response.json()
-                top1[answer["results"][0]["predictions"][0]["label"]] += 1
+                answered = answer["results"][0]["predictions"][0]["label"]
+                top1[answered] += 1
                 assert answer["model"]["name"] == "digits"
                 version = str(answer["model"]["version"])
                 served_by[version] += 1
+                truths.append((answer["id"], version, answered, digit_label(index)))
                 return version
 
             # Round 1, until each version has answered once: its series are born. A counter's
@@ -300,26 +192,58 @@ def monitored(
             prom.wait_for(
                 f"{expr} == {first}", lambda: prom.scalar(expr), done=lambda n: n == first
             )
-            # Round 2, until N_PREDICTIONS in all and each version answered again.
+            # Round 2, until N_PREDICTIONS in all, each version answered again and filled its
+            # drift window.
             again: set[str] = set()
-            while (again != VERSIONS or sum(served_by.values()) < N_PREDICTIONS) and sum(
-                served_by.values()
-            ) < MAX_REQUESTS:
+            while (
+                again != VERSIONS
+                or sum(served_by.values()) < N_PREDICTIONS
+                or min(served_by.values()) < DRIFT_WINDOW
+            ) and sum(served_by.values()) < MAX_REQUESTS:
                 again.add(classify())
-        sent = sum(served_by.values())
+            sent = sum(served_by.values())
+            # Every answer was captured (capture rate 1); the clients send the true labels back.
+            feedback = send_feedback(client, workdir / "captured" / "digits", truths)
         assert again == VERSIONS and sent >= N_PREDICTIONS, served_by
+        assert min(served_by.values()) >= DRIFT_WINDOW, served_by
         assert sum(top1.values()) == sent
+        prom.wait_for(
+            f"sum(imgcls_feedback_total) == {sent}",
+            lambda: prom.scalar("sum(imgcls_feedback_total)"),
+            done=lambda count: count == sent,
+        )
 
         prom.wait_for(
             f"{expr} == {sent}",
             lambda: prom.scalar(expr),
             done=lambda count: count == sent,
         )
-        yield Monitored(server, prometheus, job, instance, models_dir, sent, top1, served_by)
+        yield Monitored(
+            server, prometheus, job, instance, models_dir, sent, top1, served_by, feedback
+        )
     finally:
         if prometheus is not None:
             stop_prometheus(prometheus)
         stop_server(server)
+
+
+def send_feedback(
+    client: httpx.Client, captured: Path, truths: list[tuple[str, str, str, str]]
+) -> Counter[tuple[str, str]]:
+    """POST /feedback with the true label of every prediction (once each is in ``captured``,
+    the model's capture folder); the clients' own count of (version, correct|wrong)."""
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while len(list(captured.glob("*.json"))) < len(truths) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    response = client.post(
+        "/feedback", json=[{"id": pid, "label": truth} for pid, _, _, truth in truths]
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["failed"] == 0, response.json()
+    return Counter(
+        (version, "correct" if answered == truth else "wrong")
+        for _, version, answered, truth in truths
+    )
 
 
 # --- what clients did, as Prometheus sees it --------------------------------------------------
@@ -629,3 +553,44 @@ def test_series_follow_what_is_served_with_two_workers(
         if prometheus is not None:
             stop_prometheus(prometheus)
         stop_server(server)
+
+
+# --- production feedback, as Prometheus sees it -------------------------------------------------
+def test_live_accuracy_per_version_is_what_the_clients_counted(monitored: Monitored) -> None:
+    """Every prediction labelled: the feedback counters per version and outcome, and the
+    recording rule's live accuracy, equal the clients' own count; the test accuracy beside it
+    is each version's metadata."""
+    prom = monitored.prometheus
+    for version in VERSIONS:
+        counted = values_by(
+            prom,
+            f'sum by (outcome) (imgcls_feedback_total{{model="digits",version="{version}"}})',
+            "outcome",
+        )
+        right = monitored.feedback[(version, "correct")]
+        wrong = monitored.feedback[(version, "wrong")]
+        assert counted == {"correct": right, "wrong": wrong, "new_class": 0.0}
+        # The recording rule is evaluated every second; wait for one evaluation after the scrape.
+        live_expr = f'imgcls:feedback_accuracy:ratio_rate1h{{model="digits",version="{version}"}}'
+        live = prom.wait_for(
+            live_expr, partial(prom.scalar, live_expr), done=lambda value: value is not None
+        )
+        assert live == pytest.approx(right / (right + wrong))
+        metadata = json.loads(
+            (monitored.models_dir / "digits" / version / "metadata.json").read_text()
+        )
+        test = prom.scalar(f'imgcls_model_test_accuracy{{model="digits",version="{version}"}}')
+        assert test == pytest.approx(metadata["metrics"]["test_accuracy"])
+
+
+def test_drift_gauges_exist_for_each_version_with_a_baseline(monitored: Monitored) -> None:
+    """Both versions carry a drift baseline and filled their window: a distance per kind."""
+    prom = monitored.prometheus
+    for version in VERSIONS:
+        drift_expr = f'imgcls_prediction_drift{{model="digits",version="{version}"}}'
+        kinds = prom.wait_for(
+            drift_expr,
+            partial(values_by, prom, drift_expr, "kind"),
+            done=lambda found: set(found) == {"class", "confidence"},
+        )
+        assert all(0.0 <= value <= 1.0 for value in kinds.values()), kinds
