@@ -6,8 +6,9 @@ thread stores each sample under ``<capture dir>/<model>/``: the image exactly as
 (``<id>.<ext>``; a pixel tensor as PNG) and then its sidecar record (``<id>.json``: id, model,
 version, the label served, top-k scores, time). The record is written to a temporary name and
 renamed once its image is complete, so a crash never leaves a record naming a half image. The
-thread wakes once per batch of samples, not per sample: a thread woken per request took the GIL
-from the event loop at every request. Each model's folder is kept under a byte budget by deleting its oldest samples.
+thread wakes once per batch of samples, not per sample. Each model's folder is kept under a byte
+budget by deleting its oldest samples. (At rate 1 the file creations cost the kernel about as
+much CPU as the request itself: BENCHMARKS.md, "Capture (issue 19)".)
 
 When writes fail (full disk, unwritable folder) the service keeps serving: capture pauses for
 :data:`RETRY_AFTER_S`, skipped samples are counted, the ``writable`` hook says 0, and one log
@@ -171,8 +172,7 @@ class CaptureWriter:
                     self._queue.task_done()
             if stop:
                 return
-            # Let samples gather: one wake-up (and GIL hand-over) per batch instead of per
-            # sample; a thread woken per request cost the event loop far more than the writes.
+            # Let samples gather: one wake-up (and GIL hand-over) per batch, not per sample.
             time.sleep(WRITE_PAUSE_S)
 
     # --- the writer thread -------------------------------------------------------------------
