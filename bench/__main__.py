@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -96,8 +95,7 @@ def open_session(args: argparse.Namespace) -> Session:
     out.mkdir(parents=True, exist_ok=True)
     if loadgen.wrk_path() is None:
         raise SystemExit("error: wrk is not installed (apt-get install wrk, or `make system-deps`)")
-    cpus = sorted(os.sched_getaffinity(0))
-    cpu = cpus[-1] if len(cpus) > 1 else None
+    cpu = loadgen.wrk_cpu()
     png = digit_png()
     scripts = write_scripts(out / "scripts", png, (1, MULTI_IMAGE))
     return Session(make_plan(args), out, cpu, scripts, image_bytes=len(png))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -404,8 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: wrk is not installed (apt-get install wrk)")
     args.out.mkdir(parents=True, exist_ok=True)
     models_dir = ensure_digits(args.cache, args.models_dir)
-    cpus = sorted(os.sched_getaffinity(0))
-    cpu = cpus[-1] if len(cpus) > 1 else None
+    cpu = loadgen.wrk_cpu()
     script = loadgen.write_script(args.out, [("digit.png", digit_png())], "budget")
     budget = run_budget(
         models_dir,

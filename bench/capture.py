@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -81,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: wrk is not installed (apt-get install wrk)")
     args.out.mkdir(parents=True, exist_ok=True)
     models_dir = ensure_digits(args.cache, args.models_dir)
-    cpus = sorted(os.sched_getaffinity(0))
-    runner = Runner(
-        write_scripts(args.out / "scripts", digit_png(), (1,)), cpus[-1] if len(cpus) > 1 else None
-    )
+    runner = Runner(write_scripts(args.out / "scripts", digit_png(), (1,)), loadgen.wrk_cpu())
     servers = start(models_dir, args.out, args.before)
     try:
         levels = runner.interleaved(

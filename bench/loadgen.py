@@ -74,6 +74,13 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
+def wrk_cpu() -> int | None:
+    """The CPU wrk is pinned to: the last usable one, so the servers keep the others (None on a
+    single CPU: nothing to keep apart)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[-1] if len(cpus) > 1 else None
+
+
 _MEDIA_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 

@@ -48,15 +48,7 @@ def run_train(
     *args: str, cwd: Path = ROOT, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run the training CLI as a user would; returns the finished process (not checked)."""
-    return subprocess.run(
-        [PYTHON, "training/train.py", *args],
-        cwd=cwd,
-        env=quiet_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return _run_python(["training/train.py", *args], cwd, timeout)
 
 
 def run_module(
@@ -64,8 +56,12 @@ def run_module(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m module args`` as a user would; returns the finished process (not
     checked)."""
+    return _run_python(["-m", module, *args], cwd, timeout)
+
+
+def _run_python(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", module, *args],
+        [PYTHON, *argv],
         cwd=cwd,
         env=quiet_env(),
         capture_output=True,
