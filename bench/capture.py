@@ -27,6 +27,7 @@ from bench.digits import digit_png, write_scripts
 from bench.harness import Runner, stop_all
 from bench.models import DIGITS, ensure_digits
 from bench.servers import ROOT, ServerProcess, service_spec, spawn, wait_ready
+from service.feedback.samples import SampleReader, model_folder
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "capture"
 #: The issue's points: digits at 32 and 64 connections.
@@ -52,19 +53,34 @@ def start(models_dir: Path, out: Path, before: Path | None) -> dict[str, ServerP
 
 
 def summary(levels: dict[str, list[loadgen.LevelResult]], reference: str) -> str:
-    """A Markdown table: req/s per server and point, and its ratio to ``reference``."""
+    """A Markdown table: req/s per server and point with its ratio to ``reference``, and the
+    server's CPU per request in that run (ms; the machine's noise moves it far less)."""
     names = list(levels)
     lines = [
-        "| server | " + " | ".join(f"c={c} req/s (x {reference})" for c in CONCURRENCIES) + " |",
-        "| --- | " + " | ".join("---:" for _ in CONCURRENCIES) + " |",
+        "| server | "
+        + " | ".join(f"c={c} req/s (x {reference}) | c={c} server ms/req" for c in CONCURRENCIES)
+        + " |",
+        "| --- | " + " | ".join("---: | ---:" for _ in CONCURRENCIES) + " |",
     ]
     for name in names:
         cells = []
         for result, base in zip(levels[name], levels[reference], strict=True):
             ratio = result.rps / base.rps if base.rps else 0.0
-            cells.append(f"{result.rps:,.0f} ({ratio:.3f})")
+            cells.append(f"{result.rps:,.0f} ({ratio:.3f}) | {cpu_ms_per_request(result)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def cpu_ms_per_request(result: loadgen.LevelResult) -> str:
+    """Server CPU (all its processes) per answered request, ms; '-' when unmeasured."""
+    if result.server_cpu_s is None or not result.requests:
+        return "-"
+    return f"{result.server_cpu_s * 1000 / result.requests:.2f}"
+
+
+def stored_samples(capture_dir: Path, model: str) -> int:
+    """How many samples ``model``'s capture folder holds."""
+    return len(SampleReader(model_folder(capture_dir, model)).ids())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         levels = runner.interleaved(
             servers, [(c, 1) for c in CONCURRENCIES], args.duration, repeats=args.repeats
         )
-        stored = len(list((args.out / "captured" / DIGITS).glob("*.json")))
+        stored = stored_samples(args.out / "captured", DIGITS)
     finally:
         stop_all(servers.values())
     reference = "before" if args.before is not None else "capture off"

@@ -301,15 +301,16 @@ class ServiceMetrics:
             "imgcls_capture_skipped",
             "Inference inputs sampled for capture but not stored, by model and reason: "
             "queue_full (the writer is behind), write_error (the folder cannot be written), "
-            "duplicate_id (a client reused its X-Request-Id), over_budget (one sample larger "
+            "duplicate_id (a client reused its X-Request-Id on one worker), over_budget (one "
+            "sample larger "
             "than IMGCLS_CAPTURE_MAX_BYTES).",
             ["model", "reason"],
             registry=r,
         )
         self.capture_disk_bytes = Gauge(
             "imgcls_capture_bytes",
-            "Bytes of captured inputs and their records on disk, by model (at most "
-            "IMGCLS_CAPTURE_MAX_BYTES).",
+            "Bytes of captured inputs and their records on disk, by model, all workers (at "
+            "most IMGCLS_CAPTURE_MAX_BYTES, past it for up to a second).",
             ["model"],
             multiprocess_mode="livemax",
             registry=r,
@@ -420,11 +421,11 @@ class ServiceMetrics:
                 self._child(self.drift, (model, version, kind), model, version).set(value)
 
     # CaptureObserver protocol (service.feedback.capture); called from the writer thread
-    def captured(self, model: str) -> None:
-        self.captured_samples.labels(model).inc()
+    def captured(self, model: str, count: int = 1) -> None:
+        self.captured_samples.labels(model).inc(count)
 
-    def capture_skipped(self, model: str, reason: str) -> None:
-        self.capture_skipped_samples.labels(model, reason).inc()
+    def capture_skipped(self, model: str, reason: str, count: int = 1) -> None:
+        self.capture_skipped_samples.labels(model, reason).inc(count)
 
     def capture_bytes(self, model: str, size: int) -> None:
         self.capture_disk_bytes.labels(model).set(size)

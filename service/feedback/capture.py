@@ -1,14 +1,13 @@
-"""Captured inference inputs: a sampled share of what clients sent, kept on disk for feedback.
+"""Captured inference inputs: a sampled share of what clients sent, kept for feedback.
 
 :meth:`CaptureWriter.offer` is all the request path does: one ``put_nowait`` on a bounded queue
 (a full queue skips the sample and counts it; a request never waits for a disk). One writer
-thread stores each sample under ``<capture dir>/<model>/``: the image exactly as it arrived
-(``<id>.<ext>``; a pixel tensor as PNG) and then its sidecar record (``<id>.json``: id, model,
-version, the label served, top-k scores, time). The record is written to a temporary name and
-renamed once its image is complete, so a crash never leaves a record naming a half image. The
-thread wakes once per batch of samples, not per sample. Each model's folder is kept under a byte
-budget by deleting its oldest samples. (At rate 1 the file creations cost the kernel about as
-much CPU as the request itself: BENCHMARKS.md, "Capture (issue 19)".)
+thread wakes once per batch of samples and appends the batch to each model's open segment
+(:mod:`service.feedback.samples`: two appends per batch, not two files per sample): the image
+exactly as it arrived (a pixel tensor as PNG) and its sidecar record (id, model, version, the
+label served, top-k scores, time), the record after its image, so a crash never leaves a record
+naming a half image. Each model's folder is kept under a byte budget by dropping the oldest
+segments.
 
 When writes fail (full disk, unwritable folder) the service keeps serving: capture pauses for
 :data:`RETRY_AFTER_S`, skipped samples are counted, the ``writable`` hook says 0, and one log
@@ -17,13 +16,13 @@ line per pause says why.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import logging
-import os
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,30 +32,36 @@ from typing import Any, Protocol
 import numpy as np
 
 from contract.decoding.probe import sniff_format
+from service.feedback.samples import (
+    DUPLICATE_ID,
+    OVER_BUDGET,
+    STORED,
+    Sample,
+    SegmentWriter,
+    model_folder,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Seconds capture pauses after a failed write before trying again (and between log lines).
 RETRY_AFTER_S = 60.0
-#: A temporary file older than this (seconds) is a crashed writer's, removed at start.
-STALE_TMP_S = 600.0
 #: Samples written per wake-up of the writer thread, at most.
 WRITE_BATCH = 256
+#: Samples prepared between two hand-overs of the GIL to the request threads.
+YIELD_EVERY = 16
 #: Seconds the writer sleeps after a batch, so that the next one gathers while it sleeps.
 WRITE_PAUSE_S = 0.02
 #: Scores kept in a sidecar record.
 RECORD_TOP_K = 5
 #: File name suffix per sniffed image format.
 SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "BMP": "bmp", "GIF": "gif"}
-RECORD_SUFFIX = ".json"
-TMP_PREFIX = ".tmp-"
 
 
 class CaptureObserver(Protocol):
     """What the writer reports (the service's metrics implement it)."""
 
-    def captured(self, model: str) -> None: ...
-    def capture_skipped(self, model: str, reason: str) -> None: ...
+    def captured(self, model: str, count: int = 1) -> None: ...
+    def capture_skipped(self, model: str, reason: str, count: int = 1) -> None: ...
     def capture_bytes(self, model: str, size: int) -> None: ...
     def capture_writable(self, writable: bool) -> None: ...
 
@@ -112,7 +117,7 @@ class CaptureWriter:
         self._observer = observer
         self._clock = clock
         self._paused_until = 0.0
-        self._bytes: dict[str, int] = {}
+        self._segments: dict[str, SegmentWriter] = {}  # the writer thread's, by model
         self._thread: threading.Thread | None = None
         observer.capture_writable(True)
 
@@ -161,42 +166,78 @@ class CaptureWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            stop = False
-            for sample in batch:
-                try:
-                    if sample is _STOP:
-                        stop = True
-                    else:
-                        self._write_safely(sample)
-                finally:
+            samples = [sample for sample in batch if sample is not _STOP]
+            try:
+                if samples:
+                    self._write_batch(samples)
+            finally:
+                for _ in batch:
                     self._queue.task_done()
-            if stop:
+            if len(samples) < len(batch):
+                for model in list(self._segments):
+                    self._close(model)
                 return
-            # Let samples gather: one wake-up (and GIL hand-over) per batch, not per sample.
+            # Let samples gather: one wake-up and one transaction per batch, not per sample.
             time.sleep(WRITE_PAUSE_S)
 
     # --- the writer thread -------------------------------------------------------------------
-    def _write_safely(self, sample: CaptureSample) -> None:
-        try:
-            reason = self._write(sample)
-        except OSError as exc:
-            self._pause(sample.model, exc)
-            return
-        except Exception:  # a bug must not end the thread: every later sample would queue up
-            logger.exception("capture of %s failed", sample.id)
-            self._observer.capture_skipped(sample.model, "write_error")
-            return
-        if reason is not None:
-            self._observer.capture_skipped(sample.model, reason)
-            return
+    def _write_batch(self, samples: list[CaptureSample]) -> None:
+        """Store ``samples``: one transaction per model."""
+        by_model: dict[str, list[CaptureSample]] = {}
+        for sample in samples:
+            by_model.setdefault(sample.model, []).append(sample)
+        for model, group in by_model.items():
+            if self._paused_until and self._clock() < self._paused_until:
+                self._observer.capture_skipped(model, "write_error", len(group))
+                continue
+            try:
+                self._write_model(model, group)
+            except OSError as exc:
+                self._close(model)
+                self._observer.capture_skipped(model, "write_error", len(group))
+                self._pause(exc)
+            except Exception:  # a bug must not end the thread: every later sample would queue up
+                logger.exception("capture of %d samples of %s failed", len(group), model)
+                self._close(model)
+                self._observer.capture_skipped(model, "write_error", len(group))
+
+    def _write_model(self, model: str, samples: list[CaptureSample]) -> None:
+        rows: list[Sample] = []
+        for index, sample in enumerate(samples):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                # Hand the GIL to the event loop now and then: a batch of hundreds of samples
+                # would otherwise hold it for a whole switch interval (5 ms) at a time.
+                time.sleep(0)
+            data, suffix = encoded(sample.data)
+            rows.append(Sample(sample.id, data, suffix, record_of(sample, suffix, len(data))))
+        segments = self._segments.get(model)
+        if segments is None:
+            segments = SegmentWriter(
+                model_folder(self.root, model), self.max_bytes_per_model, self._clock
+            )
+            self._segments[model] = segments
+        added = segments.add(rows)
         if self._paused_until:
             self._paused_until = 0.0
             self._observer.capture_writable(True)
             logger.info("capture writes to %s work again", self.root)
-        self._observer.captured(sample.model)
+        outcomes = Counter(added.outcomes)
+        if outcomes[STORED]:
+            self._observer.captured(model, outcomes[STORED])
+        for reason in (DUPLICATE_ID, OVER_BUDGET):  # a reused X-Request-Id; a huge sample
+            if outcomes[reason]:
+                self._observer.capture_skipped(model, reason, outcomes[reason])
+        self._observer.capture_bytes(model, added.folder_bytes)
 
-    def _pause(self, model: str, exc: OSError) -> None:
-        self._observer.capture_skipped(model, "write_error")
+    def _close(self, model: str) -> None:
+        """Close ``model``'s open segment (a new one is opened at the next write: the folder
+        may have been repaired meanwhile)."""
+        segments = self._segments.pop(model, None)
+        if segments is not None:
+            with contextlib.suppress(OSError):
+                segments.close()
+
+    def _pause(self, exc: OSError) -> None:
         self._observer.capture_writable(False)
         self._paused_until = self._clock() + RETRY_AFTER_S
         logger.warning(
@@ -206,36 +247,6 @@ class CaptureWriter:
             exc.strerror or exc,
             RETRY_AFTER_S,
         )
-
-    def _write(self, sample: CaptureSample) -> str | None:
-        """Store one sample; the skip reason, or None when written."""
-        folder = self.root / sample.model
-        if sample.model not in self._bytes:
-            folder.mkdir(parents=True, exist_ok=True)
-            remove_stale_tmp(folder)
-            self._bytes[sample.model] = folder_bytes(folder)
-        record_path = folder / f"{sample.id}{RECORD_SUFFIX}"
-        if record_path.exists():
-            return "duplicate_id"  # a client reused its X-Request-Id: the first one stays
-        data, suffix = encoded(sample.data)
-        record = json.dumps(record_of(sample, f"{sample.id}.{suffix}", len(data))).encode()
-        size = len(data) + len(record)
-        if size > self.max_bytes_per_model:
-            return "over_budget"
-        # The image under its own name at once (an image without a record is never read,
-        # and the budget counts it), then the record, under a temporary name and renamed:
-        # the record appears only once its image is complete.
-        try:
-            with open(folder / f"{sample.id}.{suffix}", "xb") as handle:
-                handle.write(data)
-        except FileExistsError:
-            return "duplicate_id"
-        write_atomically(record_path, record)
-        self._bytes[sample.model] += size
-        if self._bytes[sample.model] > self.max_bytes_per_model:
-            self._bytes[sample.model] = trim_to_budget(folder, self.max_bytes_per_model)
-        self._observer.capture_bytes(sample.model, self._bytes[sample.model])
-        return None
 
 
 def encoded(data: bytes | np.ndarray) -> tuple[bytes, str]:
@@ -253,7 +264,7 @@ def encoded(data: bytes | np.ndarray) -> tuple[bytes, str]:
     return buffer.getvalue(), "png"
 
 
-def record_of(sample: CaptureSample, file_name: str, size: int) -> dict[str, Any]:
+def record_of(sample: CaptureSample, suffix: str, size: int) -> dict[str, Any]:
     """The sidecar record of a sample (JSON-ready)."""
     probabilities = np.asarray(sample.probabilities, dtype=np.float64)
     order = np.argsort(-probabilities, kind="stable")[:RECORD_TOP_K]
@@ -268,68 +279,6 @@ def record_of(sample: CaptureSample, file_name: str, size: int) -> dict[str, Any
         "label": top[0]["label"],
         "top_k": top,
         "time": datetime.fromtimestamp(sample.time, UTC).isoformat(),
-        "file": file_name,
+        "suffix": suffix,
         "bytes": size,
     }
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name in ``path``'s folder, then rename it to ``path``."""
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of every finished file in ``folder`` (temporary files excluded)."""
-    total = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False) and not entry.name.startswith("."):
-                total += entry.stat(follow_symlinks=False).st_size
-    return total
-
-
-def trim_to_budget(folder: Path, max_bytes: int) -> int:
-    """Delete the oldest samples (record first, then image) until ``folder`` holds at most
-    ``max_bytes``; the bytes left. Reads the folder itself: other workers write there too."""
-    samples: dict[str, list[tuple[int, int, str]]] = {}
-    total = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-                continue
-            stat = entry.stat(follow_symlinks=False)
-            total += stat.st_size
-            sample_id = entry.name.rsplit(".", 1)[0]
-            samples.setdefault(sample_id, []).append((stat.st_mtime_ns, stat.st_size, entry.name))
-    oldest_first = sorted(samples.items(), key=lambda item: min(f[0] for f in item[1]))
-    for _, files in oldest_first:
-        if total <= max_bytes:
-            break
-        # The record goes first: a record never names a deleted image.
-        for _, size, name in sorted(files, key=lambda f: not f[2].endswith(RECORD_SUFFIX)):
-            try:
-                (folder / name).unlink()
-                total -= size
-            except FileNotFoundError:  # another worker trimmed it already
-                total -= size
-    return total
-
-
-def remove_stale_tmp(folder: Path) -> None:
-    """Remove temporary files a crashed writer left (older than :data:`STALE_TMP_S`)."""
-    now = time.time()
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
-                try:
-                    if now - entry.stat().st_mtime > STALE_TMP_S:
-                        os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass

@@ -4,7 +4,8 @@ A labelled example lands in ``<feedback dir>/<model>/<label>/<id>.<ext>``, exact
 ``train.py --data`` reads (one sub-folder per class), and its provenance (version, the label the
 service answered, the outcome) in ``<feedback dir>/<model>/.records/<id>.json``: a hidden folder,
 which the training folder scan skips. A captured prediction (:mod:`service.feedback.capture`)
-moves there when its feedback arrives; an example sent with its label is stored directly.
+is copied there from its model's capture segments when its feedback arrives (the capture itself
+expires with the capture budget); an example sent with its label is stored directly.
 
 Every path component is checked here: ids against the id pattern, labels against
 :func:`check_label`; model names come from the repository, never from the client.
@@ -14,15 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from service.feedback.capture import RECORD_SUFFIX, encoded, write_atomically
+from service.feedback.capture import encoded
 from service.feedback.ids import is_prediction_id
+from service.feedback.samples import Sample, SampleReader, model_folder
 from service.serving.errors import (
     AlreadyLabelled,
     CaptureUnavailable,
@@ -38,6 +40,8 @@ NEW_CLASS: Final = "new_class"
 OUTCOMES: Final = (CORRECT, WRONG, NEW_CLASS)
 #: The hidden folder of provenance records (hidden: ``train.py --data`` skips it).
 RECORDS_DIR: Final = ".records"
+RECORD_SUFFIX: Final = ".json"
+TMP_PREFIX: Final = ".tmp-"
 #: Longest label, in characters.
 MAX_LABEL_CHARS: Final = 64
 #: Largest sidecar record read back, bytes.
@@ -84,7 +88,7 @@ class CapturedPrediction:
     model: str
     version: int
     label: str  # the class the service answered
-    file: str  # the image's file name in the model's capture folder
+    suffix: str  # the image's file suffix, without the dot
     record: dict[str, Any]
 
 
@@ -135,20 +139,20 @@ class FeedbackStore:
                     f"prediction {prediction_id} of {model!r} already has its true label "
                     f"({previous.get('label')!r}); feedback is taken once per prediction"
                 )
-            path = self.capture_dir / model / f"{prediction_id}{RECORD_SUFFIX}"
-            if path.is_file():
-                record = _read_record(path)
-                try:
-                    return CapturedPrediction(
-                        id=prediction_id,
-                        model=model,
-                        version=int(record["version"]),
-                        label=str(record["label"]),
-                        file=os.path.basename(str(record["file"])),
-                        record=record,
-                    )
-                except (KeyError, TypeError, ValueError):
-                    break  # a damaged record: as good as expired
+            sample = self._captured(model, prediction_id)
+            if sample is None:
+                continue
+            try:
+                return CapturedPrediction(
+                    id=prediction_id,
+                    model=model,
+                    version=int(sample.record["version"]),
+                    label=str(sample.record["label"]),
+                    suffix=sample.suffix,
+                    record=sample.record,
+                )
+            except (KeyError, TypeError, ValueError):
+                break  # a damaged record: as good as expired
         raise UnknownPrediction(
             f"no captured prediction {prediction_id}: it was not captured (capture is off, or "
             "this prediction was not sampled: IMGCLS_CAPTURE_RATE), or it expired (the capture "
@@ -175,9 +179,6 @@ class FeedbackStore:
 
     def label_captured(self, captured: CapturedPrediction, label: str, outcome: str) -> Labelled:
         """Move a captured prediction's image into the labelled folder, with its record."""
-        source_dir = self.capture_dir / captured.model
-        image = source_dir / captured.file
-        suffix = image.suffix
         labelled = Labelled(
             captured.id,
             captured.model,
@@ -185,21 +186,30 @@ class FeedbackStore:
             captured.label,
             label,
             outcome,
-            self.feedback_dir / captured.model / label / f"{captured.id}{suffix}",
+            self.feedback_dir / captured.model / label / f"{captured.id}.{captured.suffix}",
         )
+        sample = self._captured(captured.model, captured.id)
+        if sample is None:
+            raise UnknownPrediction(
+                f"the captured image of prediction {captured.id} is gone (expired)"
+            )
         try:
             labelled.path.parent.mkdir(parents=True, exist_ok=True)
-            if image.is_file():
-                shutil.move(image, labelled.path)
-            elif not labelled.path.is_file():
-                raise UnknownPrediction(
-                    f"the captured image of prediction {captured.id} is gone (expired)"
-                )
+            write_atomically(labelled.path, sample.data)
             self._write_record(labelled, "capture", captured.record)
-            (source_dir / f"{captured.id}{RECORD_SUFFIX}").unlink(missing_ok=True)
         except OSError as exc:
             raise _unavailable(exc) from None
+        # The capture itself stays until the budget drops it (segments are append-only): a
+        # second feedback for it finds the provenance record and is refused (409).
         return labelled
+
+    def _captured(self, model: str, prediction_id: str) -> Sample | None:
+        """``model``'s captured sample ``prediction_id``, or None (never captured, expired, or
+        no capture folder)."""
+        try:
+            return SampleReader(model_folder(self.capture_dir, model)).get(prediction_id)
+        except OSError:
+            return None
 
     def store_direct(
         self,
@@ -249,6 +259,19 @@ class FeedbackStore:
             "captured": captured or None,
         }
         write_atomically(path, json.dumps(record, indent=1).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name in ``path``'s folder, then rename it to ``path``: a
+    reader (or training) never sees half a file."""
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_record(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.helpers.feedback import captured
 from tests.helpers.processes import run_module, run_train
 from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
@@ -79,9 +80,8 @@ def test_feedback_counts_match_the_clients_and_the_files_train_a_version(
         assert right >= N_HELD_OUT * 0.9
 
         # Capture is asynchronous: every id must be on disk before its feedback is sent.
-        captured = data / "captured" / "digits"
-        deadline_ok = _wait_for(lambda: len(list(captured.glob("*.json"))) == len(answers))
-        assert deadline_ok, f"{len(list(captured.glob('*.json')))} of {len(answers)} captured"
+        deadline_ok = _wait_for(lambda: len(captured(data / "captured")) == len(answers))
+        assert deadline_ok, f"{len(captured(data / 'captured'))} of {len(answers)} captured"
 
         stored = 0
         for start in range(0, len(answers), FEEDBACK_BATCH):
@@ -110,14 +110,18 @@ def test_feedback_counts_match_the_clients_and_the_files_train_a_version(
     assert counted == {"correct": right, "wrong": wrong, "new_class": 0}
     assert metric_value(metrics, "imgcls_captured_total", {"model": "digits"}) == len(answers)
 
-    # Files: one image per answer under its true label, one record each, the captures gone.
+    # Files: one image per answer under its true label (the bytes sent), one record each.
     feedback = data / "feedback" / "digits"
     per_label = Counter(path.parent.name for path in feedback.glob("[0-9]/*.png"))
     assert per_label == Counter(truth for _, truth, _ in answers)
     records = {path.stem: json.loads(path.read_text()) for path in feedback.glob(".records/*.json")}
     assert set(records) == {pid for pid, _, _ in answers}
     assert {r["outcome"] for r in records.values()} == {"correct", "wrong"}
-    assert not list((data / "captured" / "digits").glob("*.json"))
+    sent = dict(
+        zip((pid for pid, _, _ in answers), (image for image, _ in examples()), strict=True)
+    )
+    for pid, truth, _ in answers:
+        assert (feedback / truth / f"{pid}.png").read_bytes() == sent[pid]
 
     # Training reads them: the bundled digits as a folder, plus the feedback folder.
     bundled = tmp_path / "digits-bundled"

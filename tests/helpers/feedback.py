@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from service.feedback.capture import CaptureSample, CaptureWriter
+from service.feedback.samples import Sample, SampleReader, model_folder
 
 CLASS_NAMES = [str(digit) for digit in range(10)]
 #: 2024-05-01T12:00:00+00:00, the ``time`` of every sample unless a test says otherwise.
@@ -58,11 +59,11 @@ class RecordingObserver:
         self.bytes_by_model: dict[str, int] = {}
         self.writable: list[bool] = []
 
-    def captured(self, model: str) -> None:
-        self.captured_by_model[model] += 1
+    def captured(self, model: str, count: int = 1) -> None:
+        self.captured_by_model[model] += count
 
-    def capture_skipped(self, model: str, reason: str) -> None:
-        self.skipped[(model, reason)] += 1
+    def capture_skipped(self, model: str, reason: str, count: int = 1) -> None:
+        self.skipped[(model, reason)] += count
 
     def capture_bytes(self, model: str, size: int) -> None:
         self.bytes_by_model[model] = size
@@ -93,6 +94,18 @@ def capture_now(root: Path, *samples: CaptureSample, max_bytes: int = 1 << 30) -
         assert writer.offer(one)
     writer.start()
     writer.stop()
+
+
+def captured(root: Path, model: str = "digits") -> dict[str, Sample]:
+    """``model``'s captured samples under the capture folder ``root``, by id (oldest first);
+    empty when nothing was captured for it."""
+    reader = SampleReader(model_folder(root, model))
+    found: dict[str, Sample] = {}
+    for sample_id in reader.ids():
+        stored = reader.get(sample_id)
+        assert stored is not None, sample_id
+        found[sample_id] = stored
+    return found
 
 
 def files_under(folder: Path) -> dict[str, bytes]:

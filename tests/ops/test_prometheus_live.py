@@ -32,6 +32,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.feedback import captured
 from tests.helpers.images import digit_label, digit_pngs
 from tests.helpers.models import republish
 from tests.helpers.ops import ALERT_RULES, iter_dashboard_queries
@@ -203,7 +204,7 @@ def monitored(
                 again.add(classify())
             sent = sum(served_by.values())
             # Every answer was captured (capture rate 1); the clients send the true labels back.
-            feedback = send_feedback(client, workdir / "captured" / "digits", truths)
+            feedback = send_feedback(client, workdir / "captured", truths)
         assert again == VERSIONS and sent >= N_PREDICTIONS, served_by
         assert min(served_by.values()) >= DRIFT_WINDOW, served_by
         assert sum(top1.values()) == sent
@@ -228,12 +229,12 @@ def monitored(
 
 
 def send_feedback(
-    client: httpx.Client, captured: Path, truths: list[tuple[str, str, str, str]]
+    client: httpx.Client, capture_dir: Path, truths: list[tuple[str, str, str, str]]
 ) -> Counter[tuple[str, str]]:
-    """POST /feedback with the true label of every prediction (once each is in ``captured``,
-    the model's capture folder); the clients' own count of (version, correct|wrong)."""
+    """POST /feedback with the true label of every prediction (once each is in the capture
+    folder ``capture_dir``); the clients' own count of (version, correct|wrong)."""
     deadline = time.monotonic() + WAIT_TIMEOUT_S
-    while len(list(captured.glob("*.json"))) < len(truths) and time.monotonic() < deadline:
+    while len(captured(capture_dir)) < len(truths) and time.monotonic() < deadline:
         time.sleep(0.1)
     response = client.post(
         "/feedback", json=[{"id": pid, "label": truth} for pid, _, _, truth in truths]

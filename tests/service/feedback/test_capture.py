@@ -1,12 +1,12 @@
-"""Tests for service.feedback.capture: what lands on disk for a captured prediction (the image as
-it arrived, its sidecar record), the per-model byte budget, and the skips that keep the request
-path from ever waiting on, or failing because of, a disk. The writer's reports go to a recording
-observer; pauses are timed by a fake clock."""
+"""Tests for service.feedback.capture: what is stored for a captured prediction (the image as it
+arrived, its sidecar record) in its model's sample database, the per-model byte budget shared by
+every writer, and the skips that keep the request path from ever waiting on, or failing because
+of, a disk. The writer's reports go to a recording observer; pauses are timed by a fake clock."""
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.feedback.capture import RETRY_AFTER_S, STALE_TMP_S, CaptureWriter
+from service.feedback.capture import RETRY_AFTER_S, CaptureWriter
+from service.feedback.samples import SampleReader, model_folder
 from tests.helpers.feedback import (
     FakeClock,
     RecordingObserver,
     capture_now,
-    files_under,
-    read_json,
+    captured,
     sample,
 )
 from tests.helpers.images import digit_png, noise_png, solid_jpeg
@@ -72,19 +72,14 @@ def make_writer(
         writer.stop()
 
 
-def sample_files(folder: Path) -> dict[str, int]:
-    """Finished files of a model's capture folder (temporary ones excluded) and their sizes."""
-    return {p.name: p.stat().st_size for p in folder.iterdir() if not p.name.startswith(".")}
+def held_bytes(root: Path, model: str = "digits") -> int:
+    """Bytes of ``model``'s capture folder on disk, as the budget counts them."""
+    return SampleReader(model_folder(root, model)).total_bytes()
 
 
-def assert_records_name_their_images(folder: Path) -> None:
-    """Every record names an image that exists, and every image has its record."""
-    names = set(sample_files(folder))
-    records = {name for name in names if name.endswith(".json")}
-    for record in records:
-        assert read_json(folder / record)["file"] in names, record
-    images = names - records
-    assert {name.rsplit(".", 1)[0] for name in images} == {r[: -len(".json")] for r in records}
+def write_one(writer: CaptureWriter, sample_id: str, data: bytes, model: str = "digits") -> None:
+    assert writer.offer(sample(sample_id, data, model=model))
+    writer.drain()
 
 
 # --- what is stored --------------------------------------------------------------------------
@@ -99,8 +94,14 @@ def test_an_encoded_image_is_stored_byte_for_byte_with_its_suffix(
     tmp_path: Path, data: bytes, suffix: str
 ) -> None:
     capture_now(tmp_path, sample("req1", data))
-    assert files_under(tmp_path / "digits")[f"req1.{suffix}"] == data
-    assert set(files_under(tmp_path)) == {f"digits/req1.{suffix}", "digits/req1.json"}
+    stored = captured(tmp_path)
+    assert list(stored) == ["req1"]
+    assert stored["req1"].data == data
+    assert stored["req1"].suffix == suffix
+    assert stored["req1"].record["suffix"] == suffix
+    # One segment: the bytes and the index, nothing else.
+    assert sorted(p.suffix for p in (tmp_path / "digits").iterdir()) == [".idx", ".seg"]
+    assert next((tmp_path / "digits").glob("*.seg")).read_bytes() == data
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -112,7 +113,9 @@ def test_a_pixel_array_is_stored_as_a_png_of_the_rounded_pixels(
     pixels[0, 0] = 12.4
     pixels[0, 1] = 200.6
     capture_now(tmp_path, sample("px", pixels))
-    with Image.open(tmp_path / "digits" / "px.png") as image:
+    stored = captured(tmp_path)["px"]
+    assert stored.suffix == "png"
+    with Image.open(io.BytesIO(stored.data)) as image:
         assert image.format == "PNG"
         decoded = np.asarray(image)
     expected = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
@@ -125,63 +128,85 @@ def test_a_pixel_array_is_stored_as_a_png_of_the_rounded_pixels(
 def test_the_sidecar_record_says_what_the_service_answered(tmp_path: Path) -> None:
     data = digit_png()
     capture_now(tmp_path, sample("req-7.2", data, model="digits", version=3, top=7))
-    record = read_json(tmp_path / "digits" / "req-7.2.json")
+    record = captured(tmp_path)["req-7.2"].record
     assert record["id"] == "req-7.2"
     assert record["model"] == "digits"
     assert record["version"] == 3
     assert record["label"] == "7"
     assert record["time"] == "2024-05-01T12:00:00+00:00"
-    assert record["file"] == "req-7.2.png"
+    assert record["suffix"] == "png"
     assert record["bytes"] == len(data)
     top_k = record["top_k"]
     assert [entry["label"] for entry in top_k] == ["7", "0", "1", "2", "3"]
     scores = [entry["score"] for entry in top_k]
     assert scores == sorted(scores, reverse=True)
     assert scores[0] == pytest.approx(0.9)
-    assert set(record) == {"id", "model", "version", "label", "top_k", "time", "file", "bytes"}
+    assert set(record) == {"id", "model", "version", "label", "top_k", "time", "suffix", "bytes"}
 
 
 def test_models_get_their_own_folders(tmp_path: Path) -> None:
     capture_now(tmp_path, sample("a", digit_png()), sample("b", digit_png(1), model="letters"))
-    assert sorted(files_under(tmp_path)) == [
-        "digits/a.json",
-        "digits/a.png",
-        "letters/b.json",
-        "letters/b.png",
-    ]
+    assert list(captured(tmp_path, "digits")) == ["a"]
+    assert list(captured(tmp_path, "letters")) == ["b"]
+    assert model_folder(tmp_path, "letters") == tmp_path / "letters"
+    assert sorted(p.suffix for p in (tmp_path / "letters").iterdir()) == [".idx", ".seg"]
+
+
+def test_a_batch_is_stored_in_arrival_order(tmp_path: Path) -> None:
+    capture_now(tmp_path, *(sample(f"s{i}", digit_png(i % 10)) for i in range(40)))
+    stored = captured(tmp_path)
+    assert list(stored) == [f"s{i}" for i in range(40)]
+    assert all(stored[f"s{i}"].data == digit_png(i % 10) for i in range(40))
 
 
 # --- the byte budget -------------------------------------------------------------------------
 
 
-def test_the_oldest_samples_go_first_and_the_folder_stays_within_budget(
+def test_the_oldest_samples_go_first_and_the_model_stays_within_budget(
     tmp_path: Path, make_writer: MakeWriter, observer: RecordingObserver
 ) -> None:
     root = tmp_path / "captured"
     writer = make_writer(max_bytes=5000, root=root)
     writer.start()
-    old = time.time() - 10_000
-
-    def write(sample_id: str, model: str, mtime: float) -> None:
-        assert writer.offer(sample(sample_id, png_blob(1000), model=model))
-        writer.drain()
-        for path in (root / model).glob(f"{sample_id}.*"):
-            os.utime(path, (mtime, mtime))  # an unambiguous age, whatever the clock's grain
-
-    write("other", "letters", old - 100)  # the oldest of all, but another model's
-    letters_before = files_under(root / "letters")
+    write_one(writer, "other", png_blob(1000), model="letters")  # the oldest, another model's
     for index in range(6):
-        write(f"s{index}", "digits", old + index)
-        folder_size = sum(sample_files(root / "digits").values())
-        assert folder_size <= 5000
-        assert observer.bytes_by_model["digits"] == folder_size
+        write_one(writer, f"s{index}", png_blob(1000, fill=index))
+        assert held_bytes(root) <= 5000
+        assert observer.bytes_by_model["digits"] == held_bytes(root)
 
-    names = sorted(sample_files(root / "digits"))
-    assert names == ["s3.json", "s3.png", "s4.json", "s4.png", "s5.json", "s5.png"]
-    assert_records_name_their_images(root / "digits")
-    assert files_under(root / "letters") == letters_before
+    # Each sample is 1000 bytes of image and about 350 of index line: three fit in 5000.
+    stored = captured(root)
+    assert list(stored) == ["s3", "s4", "s5"]
+    assert [s.data for s in stored.values()] == [png_blob(1000, fill=i) for i in (3, 4, 5)]
+    assert list(captured(root, "letters")) == ["other"]
     assert observer.captured_by_model["digits"] == 6  # trimmed ones were written, then expired
     assert not observer.skipped
+
+
+def test_writers_of_several_workers_share_one_budget(
+    tmp_path: Path, make_writer: MakeWriter
+) -> None:
+    root = tmp_path / "captured"
+    first, second = make_writer(max_bytes=5000, root=root), make_writer(max_bytes=5000, root=root)
+    first.start()
+    second.start()
+    for index in range(8):
+        write_one(first if index % 2 else second, f"s{index}", png_blob(1000, fill=index))
+    assert list(captured(root)) == ["s5", "s6", "s7"]
+    assert held_bytes(root) <= 5000
+
+
+def test_a_restarted_writer_counts_what_is_stored_already(
+    tmp_path: Path, make_writer: MakeWriter, observer: RecordingObserver
+) -> None:
+    root = tmp_path / "captured"
+    for index in range(3):  # three earlier runs of the service
+        capture_now(root, sample(f"old{index}", png_blob(1000)))
+    writer = make_writer(max_bytes=5000, root=root)
+    writer.start()
+    write_one(writer, "new", png_blob(1000))
+    assert list(captured(root)) == ["old1", "old2", "new"]
+    assert observer.bytes_by_model["digits"] == held_bytes(root)
 
 
 def test_a_sample_larger_than_the_budget_is_skipped_and_smaller_ones_still_stored(
@@ -194,7 +219,7 @@ def test_a_sample_larger_than_the_budget_is_skipped_and_smaller_ones_still_store
     assert writer.offer(sample("small", png_blob(500)))
     writer.drain()
     assert observer.skipped == {("digits", "over_budget"): 1}
-    assert sorted(sample_files(root / "digits")) == ["small.json", "small.png"]
+    assert list(captured(root)) == ["small"]
     assert observer.captured_by_model["digits"] == 1
 
 
@@ -208,13 +233,14 @@ def test_a_reused_id_keeps_the_first_sample(
     assert writer.offer(sample("dup", first, top=3))
     assert writer.offer(sample("dup", second, top=5))
     writer.drain()
-    assert files_under(root / "digits") == {
-        "dup.png": first,
-        "dup.json": (root / "digits" / "dup.json").read_bytes(),
-    }
-    assert read_json(root / "digits" / "dup.json")["label"] == "3"
-    assert observer.skipped == {("digits", "duplicate_id"): 1}
+    write_one(writer, "dup", digit_png(2))  # in a later batch too
+    stored = captured(root)
+    assert list(stored) == ["dup"]
+    assert stored["dup"].data == first
+    assert stored["dup"].record["label"] == "3"
+    assert observer.skipped == {("digits", "duplicate_id"): 2}
     assert observer.captured_by_model["digits"] == 1
+    assert observer.bytes_by_model["digits"] == held_bytes(root)
 
 
 # --- the request path never waits --------------------------------------------------------------
@@ -233,7 +259,7 @@ def test_a_full_queue_skips_the_sample_at_once(
     assert observer.skipped == {("digits", "queue_full"): 2}
     writer.start()
     writer.stop()
-    assert sorted(sample_files(root / "digits")) == ["first.json", "first.png"]
+    assert list(captured(root)) == ["first"]
 
 
 def test_stop_writes_what_was_queued(
@@ -245,31 +271,28 @@ def test_stop_writes_what_was_queued(
         assert writer.offer(sample(f"q{index}", digit_png(index)))
     writer.start()
     writer.stop()
-    assert files_under(root / "digits") == {
-        **{f"q{i}.png": digit_png(i) for i in range(3)},
-        **{f"q{i}.json": (root / "digits" / f"q{i}.json").read_bytes() for i in range(3)},
+    assert {key: value.data for key, value in captured(root).items()} == {
+        f"q{i}": digit_png(i) for i in range(3)
     }
     assert observer.captured_by_model["digits"] == 3
 
 
-def test_stale_temporary_files_are_removed_at_the_first_write(
-    tmp_path: Path, make_writer: MakeWriter, observer: RecordingObserver
+def test_a_reader_sees_whole_batches_while_the_writer_writes(
+    tmp_path: Path, make_writer: MakeWriter
 ) -> None:
-    folder = tmp_path / "captured" / "digits"
-    folder.mkdir(parents=True)
-    stale, fresh = folder / ".tmp-99-1-crashed.png", folder / ".tmp-99-2-writing.png"
-    stale.write_bytes(b"x" * 100)
-    fresh.write_bytes(b"y" * 100)
-    now = time.time()
-    os.utime(stale, (now - STALE_TMP_S - 60, now - STALE_TMP_S - 60))
-    os.utime(fresh, (now - 5, now - 5))
-    writer = make_writer(root=tmp_path / "captured")
+    root = tmp_path / "captured"
+    writer = make_writer(queue_size=512, root=root)
     writer.start()
-    assert writer.offer(sample("a", digit_png()))
+    write_one(writer, "first", digit_png())
+    reader = SampleReader(model_folder(root, "digits"))
+    for index in range(300):
+        assert writer.offer(sample(f"s{index}", digit_png(index % 10)))
+    seen = [len(reader.ids()) for _ in range(50)]
     writer.drain()
-    assert not stale.exists()
-    assert fresh.exists()  # another worker may be writing it right now
-    assert observer.bytes_by_model["digits"] == sum(sample_files(folder).values())
+    assert len(reader.ids()) == 301
+    assert seen == sorted(seen)  # never a row that later vanishes
+    for sample_id, stored in captured(root).items():  # no half-written row, ever
+        assert stored.record["id"] == sample_id and stored.record["bytes"] == len(stored.data)
 
 
 # --- an unwritable folder ----------------------------------------------------------------------
@@ -316,7 +339,7 @@ def test_failing_writes_pause_capture_and_it_resumes_after_the_retry_delay(
     clock.advance(1)
     assert writer.offer(sample("d", digit_png()))
     writer.drain()
-    assert sorted(files_under(root)) == ["digits/d.json", "digits/d.png"]
+    assert list(captured(root)) == ["d"]
     assert observer.writable == [True, False, True]
     assert observer.captured_by_model["digits"] == 1
     assert observer.skipped == {("digits", "write_error"): 3}

@@ -23,7 +23,14 @@ from service.serving.errors import (
     InvalidInput,
 )
 from tests.helpers.answers import refused
-from tests.helpers.feedback import CLASS_NAMES, capture_now, files_under, read_json, sample
+from tests.helpers.feedback import (
+    CLASS_NAMES,
+    capture_now,
+    captured,
+    files_under,
+    read_json,
+    sample,
+)
 from tests.helpers.images import digit_png, solid_jpeg
 
 MODELS = ["digits", "letters"]
@@ -44,6 +51,12 @@ def assert_only_in_the_two_folders(tmp_path: Path) -> None:
             assert path.is_relative_to(tmp_path / "captured") or path.is_relative_to(
                 tmp_path / "feedback"
             ), path
+
+
+def stored_state(tmp_path: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The captured samples (id: image) and the feedback folder's files."""
+    samples = {key: value.data for key, value in captured(tmp_path / "captured").items()}
+    return samples, files_under(tmp_path / "feedback")
 
 
 # --- labels ------------------------------------------------------------------------------------
@@ -133,7 +146,7 @@ def test_an_unknown_id_is_not_found_and_the_message_offers_the_other_route(
 def test_a_capture_is_found_in_its_models_folder(store: FeedbackStore, tmp_path: Path) -> None:
     capture_now(store.capture_dir, sample("req1", digit_png(), model="letters", version=4, top=2))
     found = store.find("req1", MODELS)
-    assert (found.model, found.version, found.label, found.file) == ("letters", 4, "2", "req1.png")
+    assert (found.model, found.version, found.label, found.suffix) == ("letters", 4, "2", "png")
 
 
 def test_a_capture_of_a_model_not_served_is_not_found(store: FeedbackStore) -> None:
@@ -143,7 +156,8 @@ def test_a_capture_of_a_model_not_served_is_not_found(store: FeedbackStore) -> N
 
 def test_a_damaged_record_counts_as_expired(store: FeedbackStore) -> None:
     capture_now(store.capture_dir, sample("req1", digit_png()))
-    (store.capture_dir / "digits" / "req1.json").write_text("{not json")
+    (index,) = (store.capture_dir / "digits").glob("*.idx")
+    index.write_bytes(index.read_bytes().replace(b'"record":{', b'"record":{not json'))
     refused(lambda: store.find("req1", MODELS), 404)
 
 
@@ -164,7 +178,9 @@ def test_feedback_moves_the_capture_into_the_training_layout(
         "predicted": "7",
         "outcome": WRONG,
     }
-    assert files_under(tmp_path / "captured") == {}  # image and sidecar gone
+    # The capture stays until the budget drops it; the prediction cannot be labelled twice.
+    assert list(captured(tmp_path / "captured")) == ["req1.2"]
+    refused(lambda: store.find("req1.2", MODELS), 409)
     stored = files_under(tmp_path / "feedback")
     assert set(stored) == {"digits/3/req1.2.png", "digits/.records/req1.2.json"}
     assert stored["digits/3/req1.2.png"] == image
@@ -194,20 +210,20 @@ def test_a_jpeg_capture_keeps_its_suffix(store: FeedbackStore, tmp_path: Path) -
 def test_feedback_is_taken_once(store: FeedbackStore, tmp_path: Path) -> None:
     capture_now(store.capture_dir, sample("req1", digit_png(), top=7))
     store.label_prediction("req1", "7", False, MODELS, classes_of)
-    before = files_under(tmp_path)
+    before = stored_state(tmp_path)
     message = refused(lambda: store.label_prediction("req1", "1", False, MODELS, classes_of), 409)
     assert "already has its true label ('7')" in message
     refused(lambda: store.find("req1", MODELS), 409)
-    assert files_under(tmp_path) == before
+    assert stored_state(tmp_path) == before
 
 
 def test_an_unknown_label_leaves_the_capture_for_a_corrected_retry(
     store: FeedbackStore, tmp_path: Path
 ) -> None:
     capture_now(store.capture_dir, sample("req1", digit_png()))
-    before = files_under(tmp_path)
+    before = stored_state(tmp_path)
     refused(lambda: store.label_prediction("req1", "zebra", False, MODELS, classes_of), 422)
-    assert files_under(tmp_path) == before
+    assert stored_state(tmp_path) == before
     labelled = store.label_prediction("req1", "zebra", True, MODELS, classes_of)
     assert labelled.outcome == NEW_CLASS
     assert (tmp_path / "feedback" / "digits" / "zebra" / "req1.png").is_file()
@@ -218,7 +234,8 @@ def test_an_image_that_expired_after_the_lookup_is_not_found(
 ) -> None:
     capture_now(store.capture_dir, sample("req1", digit_png()))
     found = store.find("req1", MODELS)
-    (tmp_path / "captured" / "digits" / "req1.png").unlink()  # the budget trimmed it meanwhile
+    for segment in (tmp_path / "captured" / "digits").iterdir():
+        segment.unlink()  # the budget dropped it meanwhile
     refused(lambda: store.label_captured(found, "7", CORRECT), 404)
     assert not (tmp_path / "feedback" / "digits" / ".records" / "req1.json").exists()
 
@@ -231,7 +248,7 @@ def test_an_unwritable_feedback_folder_is_unavailable_and_the_capture_stays(
     capture_now(store.capture_dir, sample("req1", digit_png()))
     message = refused(lambda: store.label_prediction("req1", "7", False, MODELS, classes_of), 503)
     assert "the feedback folder cannot be written" in message and "retry later" in message
-    assert set(files_under(tmp_path / "captured")) == {"digits/req1.png", "digits/req1.json"}
+    assert list(captured(tmp_path / "captured")) == ["req1"]
 
 
 # --- a labelled image sent directly ------------------------------------------------------------
@@ -283,13 +300,12 @@ def test_nothing_is_written_outside_the_two_folders(store: FeedbackStore, tmp_pa
     with pytest.raises(AlreadyLabelled):
         store.label_prediction("ok", "7", False, MODELS, classes_of)
     assert_only_in_the_two_folders(tmp_path)
-    assert set(files_under(tmp_path)) == {
-        "captured/digits/ok2.png",
-        "captured/digits/ok2.json",
-        "feedback/digits/7/ok.png",
-        "feedback/digits/.records/ok.json",
-        "feedback/digits/new thing/d1.png",
-        "feedback/digits/.records/d1.json",
+    assert list(captured(tmp_path / "captured")) == ["ok", "ok2"]
+    assert set(files_under(tmp_path / "feedback")) == {
+        "digits/7/ok.png",
+        "digits/.records/ok.json",
+        "digits/new thing/d1.png",
+        "digits/.records/d1.json",
     }
 
 
