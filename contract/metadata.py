@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.drift import DriftBaseline
+from contract.evaluation import Evaluation
 from contract.names import SERVE_ENDPOINT
 
 METADATA_FILE = "metadata.json"
@@ -107,7 +108,18 @@ class ModelMetadata(BaseModel):
         description="predictions on the test split, for the service's drift gauges (absent in "
         "versions published before drift monitoring)",
     )
+    evaluation: Evaluation | None = Field(
+        default=None,
+        description="the evaluation gate: this version against the model's stable version on "
+        "the same examples, and whether it is blessed (absent in versions published before the "
+        "gate: those count as blessed)",
+    )
     files: dict[str, str] = Field(description="relative path -> sha256 hex of every other file")
+
+    @property
+    def blessed(self) -> bool:
+        """Whether unpinned traffic may reach this version without someone pinning it."""
+        return self.evaluation is None or self.evaluation.blessed
 
     @property
     def num_classes(self) -> int:

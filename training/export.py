@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.drift import DriftBaseline
+from contract.evaluation import Evaluation
 from contract.metadata import InputSpec, ModelMetadata, checksum_tree, list_versions, write_metadata
 from contract.names import SERVE_ENDPOINT
 
@@ -92,12 +93,14 @@ def publish(
     data_fingerprint: str,
     metrics: dict[str, float],
     drift_baseline: DriftBaseline | None = None,
+    evaluation: Evaluation | None = None,
 ) -> tuple[int, Path]:
     """Build a version in a temp folder with ``write_artifacts(tmp_dir) -> endpoint names``,
     write metadata.json last, and rename it to the next free version. Returns (version, path).
 
     ``drift_baseline``: the version's predictions on its test split, for the service's drift
     gauges (:func:`contract.drift.baseline_from`); None leaves it out of the metadata.
+    ``evaluation``: the evaluation gate's verdict (:mod:`training.gate`).
     """
     model_root = models_dir / name
     model_root.mkdir(parents=True, exist_ok=True)
@@ -124,6 +127,7 @@ def publish(
                 data_fingerprint=data_fingerprint,
                 metrics=metrics,
                 drift_baseline=drift_baseline,
+                evaluation=evaluation,
                 files=files,
             )
             write_metadata(tmp, metadata)

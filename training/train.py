@@ -84,6 +84,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _drop(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be a fraction between 0 and 1")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -207,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="model repository; publishes to <models-dir>/<model-name>/<version>/",
     )
     parser.add_argument(
+        "--gate-max-accuracy-drop",
+        type=_drop,
+        help="evaluation gate: bless the new version only if its test accuracy is at most this "
+        "much below the stable version's on the same examples (default: serving.yaml's gate for "
+        "the model, else 0.005)",
+    )
+    parser.add_argument(
+        "--gate-max-recall-drop",
+        type=_drop,
+        help="evaluation gate: ... and no class's recall is more than this much below stable's "
+        "(default: serving.yaml's gate, else 0.05)",
+    )
+    parser.add_argument(
         "--model-name", help="default: 'digits', or the (first) --data folder's name"
     )
     parser.add_argument(
@@ -224,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jit", action="store_true", help="XLA-compile the training step")
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from its backup"
+    )
+    parser.add_argument(
+        "--init-from",
+        type=_positive_int,
+        metavar="VERSION",
+        help="start from the weights of this published version of the model (same --arch and "
+        "input shape; when the classes differ, the last layer starts afresh): a retrain on "
+        "new or feedback data in a few epochs",
     )
     parser.add_argument(
         "--verbose",
@@ -503,6 +531,10 @@ def compile_model(args: argparse.Namespace, loaded: Loaded, devices: Devices) ->
             len(loaded.data.class_names),
             normalize_digits=args.normalize_digits,
         )
+        if args.init_from is not None:
+            from training.gate import init_from
+
+            init_from(model, args, loaded.model_name, loaded.input_shape, loaded.data.class_names)
         model.compile(
             optimizer=keras.optimizers.Adam(args.learning_rate),
             loss="sparse_categorical_crossentropy",
@@ -654,7 +686,11 @@ def publish_run(
         return
     if data.skipped_files:
         logger.warning("skipped %d unreadable file(s) in %s", data.skipped_files, data.source)
+    from training.gate import run_gate
 
+    gate = run_gate(
+        args, loaded.model_name, data, datasets.test, evaluation.y_true, evaluation.y_pred
+    )
     version, path = publish(
         models_dir=args.models_dir,
         name=loaded.model_name,
@@ -667,11 +703,14 @@ def publish_run(
         data_fingerprint=data.fingerprint,
         metrics=evaluation.metrics,
         drift_baseline=drift_baseline(evaluation, data.class_names),
+        evaluation=gate,
     )
     total = time.monotonic() - started
+    verdict = "blessed" if gate.blessed else "NOT blessed"
     print(
         f"published {path} (version {version}): test accuracy {evaluation.test_accuracy:.4f}, "
-        f"val accuracy {evaluation.val_accuracy:.4f}, {fitted.epochs_run} epochs, {total:.0f} s"
+        f"val accuracy {evaluation.val_accuracy:.4f}, {fitted.epochs_run} epochs, {total:.0f} s; "
+        f"{verdict}: {gate.reason}"
     )
 
 
@@ -683,6 +722,10 @@ def write_artifacts(
     from training.reports import write_report
 
     endpoints = _export_with_explain(model, tmp)
+    from training.gate import WEIGHTS_FILE
+
+    # The Keras weights beside the SavedModel: what --init-from starts the next version from.
+    model.save_weights(str(tmp / WEIGHTS_FILE))
     write_report(
         tmp / REPORT_DIR,
         history=fitted.history,

@@ -14,6 +14,7 @@ models:
       canary: {version: 4, weight: 0.1}  # 10 % of unpinned requests
     limits: {max_batch_size: 16, max_queue_size: 64, batch_timeout_s: 0.002}
     capture_rate: 0.05                 # store 5 % of its inputs for feedback
+    gate: {max_accuracy_drop: 0.005, max_class_recall_drop: 0.05}  # train.py's evaluation gate
 ```
 
 A version a label names is served beside the policy's versions (when it loads): publishing a new
@@ -33,6 +34,8 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contract.evaluation import GateRule
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +99,10 @@ class ModelConfig(_Strict):
     limits: ModelLimits = Field(default_factory=ModelLimits)
     capture_rate: float | None = Field(
         default=None, ge=0.0, le=1.0, description="IMGCLS_CAPTURE_RATE for this model"
+    )
+    gate: GateRule | None = Field(
+        default=None,
+        description="the evaluation gate's rule for new versions (read by train.py at publish)",
     )
 
     @field_validator("labels", mode="before")

@@ -28,6 +28,7 @@ from contract.metadata import (
     InvalidModelVersionError,
     ModelMetadata,
     list_versions,
+    read_metadata,
     verify_version_dir,
 )
 from contract.names import SERVE_ENDPOINT
@@ -165,6 +166,8 @@ class ModelStore:
         # version -> (reason, fingerprint of the files when it failed)
         self._failed: dict[int, tuple[str, tuple[int, int] | None]] = {}
         self._loading: int | None = None
+        # version -> (fingerprint of its metadata.json, whether the evaluation gate blessed it)
+        self._blessed: dict[int, tuple[tuple[int, int] | None, bool]] = {}
         # Versions retired, until they are released and the heap can be frozen again.
         self._retired: list[weakref.ref[LoadedModel]] = []
         self._lock = asyncio.Lock()
@@ -220,6 +223,27 @@ class ModelStore:
             return "nothing"
         return "version " + ", ".join(str(v) for v in sorted(self._served, reverse=True))
 
+    def is_blessed(self, version: int) -> bool:
+        """Whether the evaluation gate blessed ``version`` (versions published before the gate,
+        and unreadable metadata, count as blessed: loading will judge those). Cached per
+        metadata.json; blocking file I/O."""
+        fingerprint = self._fingerprint(version)
+        cached = self._blessed.get(version)
+        if cached is not None and cached[0] == fingerprint:
+            return cached[1]
+        try:
+            blessed = read_metadata(self.model_dir / str(version)).blessed
+        except InvalidModelVersionError:
+            blessed = True
+        self._blessed[version] = (fingerprint, blessed)
+        return blessed
+
+    def _blessed_fallback(self, candidates: list[int], desired: list[int]) -> int | None:
+        """The newest blessed candidate when ``desired`` holds no blessed version, else None."""
+        if any(self.is_blessed(v) for v in desired):
+            return None
+        return max((v for v in candidates if self.is_blessed(v)), default=None)
+
     def _skip(self, version: int) -> bool:
         """A version that failed with the same files as now: don't retry or recount it."""
         failed = self._failed.get(version)
@@ -247,6 +271,12 @@ class ModelStore:
                 candidates = [v for v in versions if not self._skip(v)]
                 desired = select_versions(self.policy, candidates)
                 desired += sorted((self.keep & set(candidates)) - set(desired), reverse=True)
+                # An unblessed version is served when the policy selects it (it can be pinned
+                # and inspected), but never alone: the newest blessed version stays for the
+                # unpinned traffic (ServedModel.default_version).
+                fallback = await asyncio.to_thread(self._blessed_fallback, candidates, desired)
+                if fallback is not None:
+                    desired.append(fallback)
                 if not desired and loaded:
                     # Nothing on disk qualifies (deleted, broken, a policy naming absent
                     # versions): keep the newest loaded version rather than go dark.

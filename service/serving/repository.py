@@ -109,8 +109,9 @@ class ServedModel:
     def default_version(self) -> LoadedModel | None:
         """The version for unpinned requests that no weighted label takes: the one the
         ``stable`` label names when it is served (so a canary's weight set to 0, or its label
-        removed, sends everything back to stable); else the newest served version that no
-        weighted label points at; else the newest served."""
+        removed, sends everything back to stable); else the newest served version that the
+        evaluation gate blessed and no weighted label points at; else the newest blessed one;
+        else the newest served."""
         served = self.store.served
         if not served:
             return None
@@ -118,8 +119,10 @@ class ServedModel:
         if stable is not None and stable.version in served:
             return served[stable.version]
         weighted = {t.version for t in self.config.labels.values() if t.weight > 0}
-        plain = [v for v in served if v not in weighted]
-        return served[max(plain)] if plain else served[max(served)]
+        blessed = [v for v in served if served[v].metadata.blessed]
+        plain = [v for v in blessed if v not in weighted]
+        # An unblessed version takes unpinned traffic only when nothing blessed is served.
+        return served[max(plain or blessed or served)]
 
     def pick_unpinned(self, draw: Callable[[], float] = random.random) -> LoadedModel | None:
         """A version for an unpinned request: each weighted label with its probability (when its

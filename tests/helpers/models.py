@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.evaluation import Evaluation, ExamplesSummary, GateRule, scores
 from contract.metadata import InputSpec, ModelMetadata
 from service.serving.model_store import LoadedModel
 from training.export import publish
@@ -21,8 +22,10 @@ from training.export import publish
 FAKE_CLASSES = ["a", "b", "c"]
 
 
-def publish_fake(models_dir: Path, name: str = "digits") -> int:
-    """Publish a version of ``name`` holding a stand-in SavedModel file; returns its number."""
+def publish_fake(models_dir: Path, name: str = "digits", *, blessed: bool | None = None) -> int:
+    """Publish a version of ``name`` holding a stand-in SavedModel file; returns its number.
+    ``blessed``: the evaluation gate's verdict to record (None: no evaluation, as before the
+    gate)."""
 
     def write(tmp: Path) -> list[str]:
         (tmp / "saved_model.pb").write_bytes(b"not really a graph")
@@ -39,8 +42,23 @@ def publish_fake(models_dir: Path, name: str = "digits") -> int:
         training={},
         data_fingerprint="",
         metrics={},
+        evaluation=None if blessed is None else fake_evaluation(blessed),
     )
     return version
+
+
+def fake_evaluation(blessed: bool) -> Evaluation:
+    """An evaluation gate verdict on no examples (stand-in versions are never scored)."""
+    candidate = scores(np.zeros(0), np.zeros(0), FAKE_CLASSES, version=None)
+    return Evaluation(
+        blessed=blessed,
+        reason="blessed by the test" if blessed else "refused by the test",
+        baseline_label=None,
+        rule=GateRule(),
+        examples=ExamplesSummary(count=0, fingerprint="", source="none"),
+        candidate=candidate,
+        baseline=None,
+    )
 
 
 def publish_dummy(models_dir: Path, tag: str) -> int:

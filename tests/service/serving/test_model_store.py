@@ -62,6 +62,26 @@ def test_the_default_policy_serves_only_the_newest(three_versions: Path) -> None
     assert sorted(store.served) == [3]
 
 
+def test_an_unblessed_newest_version_is_served_beside_the_newest_blessed(tmp_path: Path) -> None:
+    for blessed in (None, True, False):  # before the gate, blessed, refused by the gate
+        publish_fake(tmp_path, blessed=blessed)
+    store = make_store(tmp_path, FakeLoader())
+    run(store.poll_once())
+    assert sorted(store.served) == [2, 3]  # 3 for pinned requests, 2 for the rest
+    assert [store.is_blessed(v) for v in (1, 2, 3)] == [True, True, False]
+    publish_fake(tmp_path, blessed=True)  # a blessed version 4 retires both
+    run(store.poll_once())
+    assert sorted(store.served) == [4]
+
+
+def test_a_policy_that_selects_a_blessed_version_adds_nothing(tmp_path: Path) -> None:
+    for blessed in (True, True, False):
+        publish_fake(tmp_path, blessed=blessed)
+    store = make_store(tmp_path, FakeLoader(), SpecificPolicy(specific=[1]))
+    run(store.poll_once())
+    assert sorted(store.served) == [1]
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [

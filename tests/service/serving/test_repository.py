@@ -41,8 +41,14 @@ def run(coro: Coroutine[Any, Any, _T]) -> _T:
 # --- ServedModel: which version an unpinned request gets --------------------------------------
 
 
-def served_model(served: set[int], labels: dict[str, LabelTarget]) -> ServedModel:
-    models = {v: SimpleNamespace(version=v) for v in served}
+def served_model(
+    served: set[int], labels: dict[str, LabelTarget], unblessed: frozenset[int] = frozenset()
+) -> ServedModel:
+    """A model serving ``served``; the evaluation gate blessed all but ``unblessed``."""
+    models = {
+        v: SimpleNamespace(version=v, metadata=SimpleNamespace(blessed=v not in unblessed))
+        for v in served
+    }
     return ServedModel(
         name="digits",
         store=SimpleNamespace(served=models),  # type: ignore[arg-type]
@@ -132,6 +138,25 @@ def test_default_version_is_stable_else_the_newest_that_no_weighted_label_takes(
 ) -> None:
     default = served_model(served, labels).default_version()
     assert (default.version if default is not None else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("served", "labels", "unblessed", "expected"),
+    [
+        ({1, 2}, {}, {2}, 1),  # the new version failed the gate: the old one keeps serving
+        ({1, 2, 3}, {}, {3}, 2),
+        ({1, 2}, {"stable": LabelTarget(version=2)}, {2}, 2),  # a person pinned it: it serves
+        ({1, 2}, {"canary": LabelTarget(version=2, weight=0.5)}, {1}, 2),  # only 2 is blessed
+        ({2}, {}, {2}, 2),  # nothing blessed is served: better than no answer
+    ],
+    ids=["newest-unblessed", "skips-to-newest-blessed", "stable-wins", "weighted-blessed", "none"],
+)
+def test_an_unblessed_version_gets_unpinned_traffic_only_when_a_label_sends_it(
+    served: set[int], labels: dict[str, LabelTarget], unblessed: set[int], expected: int
+) -> None:
+    model = served_model(served, labels, frozenset(unblessed))
+    default = model.default_version()
+    assert default is not None and default.version == expected
 
 
 def test_limits_are_the_settings_overridden_per_model(tmp_path: Path) -> None:
