@@ -532,7 +532,7 @@ def compile_model(args: argparse.Namespace, loaded: Loaded, devices: Devices) ->
             normalize_digits=args.normalize_digits,
         )
         if args.init_from is not None:
-            from training.gate import init_from
+            from training.warm_start import init_from
 
             init_from(model, args, loaded.model_name, loaded.input_shape, loaded.data.class_names)
         model.compile(
@@ -722,7 +722,7 @@ def write_artifacts(
     from training.reports import write_report
 
     endpoints = _export_with_explain(model, tmp)
-    from training.gate import WEIGHTS_FILE
+    from training.warm_start import WEIGHTS_FILE
 
     # The Keras weights beside the SavedModel: what --init-from starts the next version from.
     model.save_weights(str(tmp / WEIGHTS_FILE))

@@ -177,12 +177,12 @@ class CaptureWriter:
                 for model in list(self._segments):
                     self._close(model)
                 return
-            # Let samples gather: one wake-up and one transaction per batch, not per sample.
+            # Let samples gather: one wake-up and one append per batch, not per sample.
             time.sleep(WRITE_PAUSE_S)
 
     # --- the writer thread -------------------------------------------------------------------
     def _write_batch(self, samples: list[CaptureSample]) -> None:
-        """Store ``samples``: one transaction per model."""
+        """Store ``samples``: one append per model."""
         by_model: dict[str, list[CaptureSample]] = {}
         for sample in samples:
             by_model.setdefault(sample.model, []).append(sample)

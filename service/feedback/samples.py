@@ -27,7 +27,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -253,17 +253,27 @@ class SampleReader:
 
     def ids(self) -> list[str]:
         """Every stored id, oldest segment first, in the order written."""
-        found: list[str] = []
+        return [entry["id"] for _, entry in self._entries()]
+
+    def samples(self) -> Iterator[Sample]:
+        """Every stored sample, oldest segment first, in the order written: one pass over the
+        folder (``get`` per id would read every index again for each sample)."""
+        for name, entry in self._entries():
+            sample = self._read(name, entry)
+            if sample is not None:  # its segment was dropped meanwhile, or is short
+                yield sample
+
+    def _entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(segment name, index entry) of every whole index line, oldest segment first."""
         for name in self._segments():
             try:
                 index = (self.folder / f"{name}{INDEX_SUFFIX}").read_bytes()
             except FileNotFoundError:
-                continue
+                continue  # dropped by the budget meanwhile
             for line in index.splitlines(keepends=True):
                 entry = _entry(line)
                 if entry is not None:
-                    found.append(entry["id"])
-        return found
+                    yield name, entry
 
     def total_bytes(self) -> int:
         return sum(segment_sizes(self.folder).values()) if self.folder.is_dir() else 0
@@ -307,42 +317,3 @@ def _entry(line: bytes) -> dict[str, Any] | None:
     ):
         return None
     return entry
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m service.feedback.samples FOLDER [--export DIR]``: the captured samples of a
-    model's capture folder, one record per line (oldest first), or written out as files."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m service.feedback.samples",
-        description="List (or export) the captured samples of one model's capture folder.",
-    )
-    parser.add_argument("folder", type=Path, help="e.g. data/captured/digits")
-    parser.add_argument(
-        "--export", type=Path, metavar="DIR", help="write <id>.<suffix> and <id>.json into DIR"
-    )
-    args = parser.parse_args(argv)
-    if not args.folder.is_dir():
-        parser.error(f"{args.folder} is not a folder (a model's folder under IMGCLS_CAPTURE_DIR)")
-    reader = SampleReader(args.folder)
-    if args.export is not None:
-        args.export.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for sample_id in reader.ids():
-        sample = reader.get(sample_id)
-        if sample is None:  # dropped by the budget meanwhile
-            continue
-        count += 1
-        if args.export is None:
-            print(json.dumps(sample.record))
-            continue
-        (args.export / f"{sample.id}.{sample.suffix}").write_bytes(sample.data)
-        (args.export / f"{sample.id}.json").write_text(json.dumps(sample.record, indent=1) + "\n")
-    if args.export is not None:
-        print(f"{count} samples written to {args.export}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -242,7 +242,7 @@ class ModelStore:
         """The newest blessed candidate when ``desired`` holds no blessed version, else None."""
         if any(self.is_blessed(v) for v in desired):
             return None
-        return max((v for v in candidates if self.is_blessed(v)), default=None)
+        return next((v for v in sorted(candidates, reverse=True) if self.is_blessed(v)), None)
 
     def _skip(self, version: int) -> bool:
         """A version that failed with the same files as now: don't retry or recount it."""

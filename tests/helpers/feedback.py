@@ -100,11 +100,8 @@ def captured(root: Path, model: str = "digits") -> dict[str, Sample]:
     """``model``'s captured samples under the capture folder ``root``, by id (oldest first);
     empty when nothing was captured for it."""
     reader = SampleReader(model_folder(root, model))
-    found: dict[str, Sample] = {}
-    for sample_id in reader.ids():
-        stored = reader.get(sample_id)
-        assert stored is not None, sample_id
-        found[sample_id] = stored
+    found = {sample.id: sample for sample in reader.samples()}
+    assert set(found) == set(reader.ids()), "an index line names bytes that are not there"
     return found
 
 

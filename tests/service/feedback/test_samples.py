@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from service.feedback.__main__ import main
 from service.feedback.samples import (
     INDEX_SUFFIX,
     SEGMENT_SUFFIX,
     Sample,
     SampleReader,
     SegmentWriter,
-    main,
 )
 from tests.helpers.feedback import FakeClock
 from tests.helpers.images import digit_png
