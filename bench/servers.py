@@ -50,7 +50,10 @@ def _children(pid: int) -> list[int]:
 
 
 def process_tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and all its live descendants (all threads)."""
+    """User + system CPU seconds of ``pid`` and all its descendants (all threads), counting
+    the children that already exited through their parents' ``cutime``/``cstime``: summing
+    only the live processes went backwards when a child (a startup probe, a replaced worker)
+    exited between two readings."""
     total = 0.0
     stack = [pid]
     while stack:
@@ -59,7 +62,8 @@ def process_tree_cpu_s(pid: int) -> float:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+        # utime, stime, cutime, cstime: the last two are the reaped children's totals.
+        total += sum(int(field) for field in fields[11:15]) / _CLOCK_TICKS
         stack.extend(_children(current))
     return total
 
