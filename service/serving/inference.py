@@ -7,6 +7,7 @@ ONE model call per batch computes them, and the probabilities come back in reque
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,10 @@ from service.serving.batching import (
     ShuttingDownError,
 )
 from service.serving.errors import DeadlineExceeded, ModelFailed, QueueFull, ShuttingDown
+
+logger = logging.getLogger(__name__)
+#: What a failed image's ``probabilities`` holds.
+_NO_PROBABILITIES = np.zeros(0, dtype=np.float32)
 
 if TYPE_CHECKING:
     from service.serving.model_store import LoadedModel
@@ -38,8 +43,11 @@ class InferenceItem:
 class Prediction:
     """One image's class probabilities and the version that computed them."""
 
-    probabilities: np.ndarray  # (num_classes,) float32
+    probabilities: np.ndarray  # (num_classes,) float32; empty when ``error`` is set
     model: LoadedModel
+    #: The model call of this image's version failed while another version of the same batch
+    #: succeeded: only this version's requests fail (see ``make_batch_fn``).
+    error: str | None = None
 
 
 def make_batch_fn() -> Callable[[list[InferenceItem]], Sequence[Prediction]]:
@@ -47,6 +55,9 @@ def make_batch_fn() -> Callable[[list[InferenceItem]], Sequence[Prediction]]:
 
     A batch usually holds one version; a canary beside its stable version, or uploads decoded
     just before a hot swap to a version with another input size, are run as their own groups.
+    A group whose call raises fails only its own images when another group succeeded (a
+    faulty canary must not fail the stable version's requests it was batched with); when
+    every group fails, the batch fails as a whole, as a single-version batch does.
     """
 
     def run_batch(items: list[InferenceItem]) -> list[Prediction]:
@@ -54,6 +65,7 @@ def make_batch_fn() -> Callable[[list[InferenceItem]], Sequence[Prediction]]:
         for index, item in enumerate(items):
             groups.setdefault((id(item.model), item.image.shape), []).append(index)
         results: list[Prediction | None] = [None] * len(items)
+        first_error: Exception | None = None
         for indices in groups.values():
             model = items[indices[0]].model
             batch = (
@@ -61,9 +73,31 @@ def make_batch_fn() -> Callable[[list[InferenceItem]], Sequence[Prediction]]:
                 if len(indices) == 1
                 else np.stack([items[i].image for i in indices])
             )
-            probabilities = model.predict(batch)
+            if len(groups) == 1:
+                probabilities = model.predict(batch)  # raises: the batch fails, as ever
+            else:
+                try:
+                    probabilities = model.predict(batch)
+                except Exception as exc:
+                    logger.error(
+                        "model %s version %s failed on %d images of a mixed batch: %s",
+                        model.name,
+                        model.version,
+                        len(indices),
+                        exc,
+                        exc_info=exc,
+                    )
+                    failure = type(exc).__name__
+                    for index in indices:
+                        results[index] = Prediction(_NO_PROBABILITIES, model, failure)
+                    first_error = first_error or exc
+                    continue
             for row, index in enumerate(indices):
                 results[index] = Prediction(probabilities[row], model)
+        if first_error is not None and all(
+            result is not None and result.error for result in results
+        ):
+            raise first_error  # every version failed: the batch fails as a whole
         return results  # type: ignore[return-value]
 
     return run_batch
@@ -84,7 +118,7 @@ async def classify(
         ModelFailed: the model call raised on this batch.
     """
     try:
-        return await batcher.submit_many(
+        predictions = await batcher.submit_many(
             [InferenceItem(image, model) for image in images], timeout_s=timeout_s
         )
     except QueueFullError:
@@ -105,6 +139,10 @@ async def classify(
         raise ModelFailed(
             f"the model failed on this batch ({type(cause).__name__}); retry"
         ) from None
+    for prediction in predictions:
+        if prediction.error is not None:
+            raise ModelFailed(f"the model failed on this batch ({prediction.error}); retry")
+    return predictions
 
 
 #: Up to this many classes, top-k sorts a Python list: numpy's per-call overhead on a tiny
