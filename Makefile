@@ -10,7 +10,7 @@ MODELS_DIR ?= models
 # missing and we may (root); CI=true makes a missing one fail the tests instead of skipping them.
 SYSTEM_PACKAGES := prometheus docker-compose chromium wrk
 
-.PHONY: run test test-fast install system-deps train lint bench clean
+.PHONY: run test test-fast install system-deps train lint bench clean loop-demo
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ run: install
 
 test: install system-deps
 	$(PY) -m pytest
+
+# The loop on this machine in a few minutes: a worse version refused by the gate, a good one
+# stepped up by the rollout controller and promoted, each decision printed (README, "The loop").
+loop-demo: install
+	$(PY) -m service.rollout.demo
 
 # Unit tests only (no trained model, no server process): seconds, for the edit-test loop.
 test-fast: install

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ops import missing_tool
 from tests.helpers.processes import run_train
 from tests.helpers.servers import Server, start_server, stop_server
 
@@ -89,3 +90,12 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
     yield factory
     for srv in started:
         stop_server(srv)
+
+
+@pytest.fixture(scope="session")  # session, like trained_repo, so it is checked before training
+def prometheus_binary() -> str:
+    """The real Prometheus (tests/ops' live monitoring tests, tests/e2e's rollout)."""
+    path = shutil.which("prometheus")
+    if path is None:
+        missing_tool("prometheus not found on PATH")
+    return path

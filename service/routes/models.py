@@ -7,6 +7,7 @@ The top-level ``name``, ``serving`` and ``versions`` keys describe the default m
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Any
 
@@ -14,18 +15,26 @@ from fastapi import APIRouter
 
 from service.deps import State
 from service.feedback.drift import baseline_problem
+from service.rollout import journal
 from service.serving.config import CONFIG_FILE
 from service.serving.repository import ServedModel
 
 router = APIRouter(tags=["models"])
 
 
-def describe_model(served: ServedModel, default_capture_rate: float = 0.0) -> dict[str, Any]:
+def describe_model(
+    served: ServedModel,
+    default_capture_rate: float = 0.0,
+    rollout_entry: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One model: versions and states, labels, policy, limits, the default version's metadata
-    (``serving``) and every served version's (``served``, newest first), its capture rate, and
-    per served version whether its drift is measured (else why not)."""
+    (``serving``) and every served version's (``served``, newest first), its capture rate, per
+    served version whether its drift is measured (else why not), and its rollout: the policy
+    from serving.yaml and the controller's last decision (``rollout_entry``, a rollout.log
+    line)."""
     default = served.default_version()
     problems = served.label_problems()
+    rolled_back = (rollout_entry or {}).get("rolled_back") or {}
     return {
         "name": served.name,
         "default_version": default.version if default is not None else None,
@@ -52,9 +61,20 @@ def describe_model(served: ServedModel, default_capture_rate: float = 0.0) -> di
                 "version": row.version,
                 "state": row.state,
                 **({"reason": row.reason} if row.reason else {}),
+                **(
+                    {"rolled_back": rolled_back[str(row.version)]}
+                    if str(row.version) in rolled_back
+                    else {}
+                ),
             }
             for row in served.store.statuses()
         ],
+        "rollout": {
+            "policy": None
+            if served.config.rollout is None
+            else served.config.rollout.model_dump(mode="json"),
+            "last_decision": rollout_entry,
+        },
         "repository_problem": served.store.repository_problem,
         "capture_rate": (
             default_capture_rate
@@ -75,9 +95,17 @@ def describe_model(served: ServedModel, default_capture_rate: float = 0.0) -> di
 async def list_models(state: State) -> dict[str, Any]:
     repository = state.repository
     rate = state.settings.capture_rate
-    models = [describe_model(repository.models[name], rate) for name in repository.names()]
+    rollouts = await asyncio.to_thread(
+        journal.last_entries,
+        journal.journal_path(repository.root),
+        tail_bytes=journal.TAIL_BYTES,
+    )
+    models = [
+        describe_model(repository.models[name], rate, rollouts.get(name))
+        for name in repository.names()
+    ]
     default = repository.default
-    own = describe_model(default, rate) if default is not None else None
+    own = describe_model(default, rate, rollouts.get(default.name)) if default is not None else None
     watcher = repository.config_watcher
     return {
         "name": repository.default_name,

@@ -15,6 +15,7 @@ models:
     limits: {max_batch_size: 16, max_queue_size: 64, batch_timeout_s: 0.002}
     capture_rate: 0.05                 # store 5 % of its inputs for feedback
     gate: {max_accuracy_drop: 0.005, max_class_recall_drop: 0.05}  # train.py's evaluation gate
+    rollout: {step_weight: 0.1, max_weight: 0.5, interval_s: 60, threshold: 3}  # the controller
 ```
 
 A version a label names is served beside the policy's versions (when it loads): publishing a new
@@ -93,6 +94,53 @@ class ModelLimits(_Strict):
         return self
 
 
+class RolloutChecks(_Strict):
+    """What a canary must show against stable over one interval (canary minus stable, or
+    canary over stable); a check left out (``null``) is not made."""
+
+    error_ratio_max_delta: float | None = Field(
+        default=0.01, ge=0, le=1, description="5xx share of requests, canary minus stable"
+    )
+    p99_latency_max_ratio: float | None = Field(
+        default=1.5, gt=0, description="p99 request duration, canary over stable"
+    )
+    confidence_min_delta: float | None = Field(
+        default=-0.05, ge=-1, le=1, description="mean top-1 probability, canary minus stable"
+    )
+    live_accuracy_min_delta: float | None = Field(
+        default=-0.02, ge=-1, le=1, description="accuracy from feedback, canary minus stable"
+    )
+
+
+class RolloutPolicy(_Strict):
+    """``python -m service.rollout``'s progressive canary for one model (Flagger's terms)."""
+
+    step_weight: float = Field(default=0.1, gt=0, le=1)
+    max_weight: float = Field(default=0.5, gt=0, le=1)
+    interval_s: float = Field(default=60, ge=1, le=86_400)
+    threshold: int = Field(default=3, ge=1, le=1000, description="failed checks to roll back")
+    min_requests: int = Field(
+        default=50,
+        ge=1,
+        description="requests each of canary and stable must answer in an interval to judge it",
+    )
+    min_feedback: int = Field(
+        default=20,
+        ge=1,
+        description="feedback examples each must have in an interval for the accuracy check",
+    )
+    checks: RolloutChecks = Field(default_factory=RolloutChecks)
+
+    @model_validator(mode="after")
+    def _steps_reach_the_top(self) -> RolloutPolicy:
+        if self.step_weight > self.max_weight:
+            raise ValueError(
+                f"rollout.step_weight ({self.step_weight:g}) must be <= rollout.max_weight "
+                f"({self.max_weight:g})"
+            )
+        return self
+
+
 class ModelConfig(_Strict):
     version_policy: VersionPolicy = Field(default_factory=LatestPolicy)
     labels: dict[str, LabelTarget] = Field(default_factory=dict)
@@ -103,6 +151,10 @@ class ModelConfig(_Strict):
     gate: GateRule | None = Field(
         default=None,
         description="the evaluation gate's rule for new versions (read by train.py at publish)",
+    )
+    rollout: RolloutPolicy | None = Field(
+        default=None,
+        description="progressive canary of new blessed versions (python -m service.rollout)",
     )
 
     @field_validator("labels", mode="before")

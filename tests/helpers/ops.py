@@ -220,3 +220,36 @@ def route_regexes(text: str) -> dict[str, set[str]]:
     for operator, regex in _ROUTE_MATCHER.findall(text):
         found[operator].add(regex)
     return found
+
+
+# --- the rollout controller (python -m service.rollout) ----------------------------------------
+#: Every metric family the controller registers, as scraped (name -> type).
+ROLLOUT_METRICS: dict[str, str] = {
+    "imgcls_rollout_weight": "gauge",
+    "imgcls_rollout_decisions": "counter",
+    "imgcls_rollout_check_value": "gauge",
+    "imgcls_rollout_check_threshold": "gauge",
+    "imgcls_rollout_failed_checks": "gauge",
+    "imgcls_rollout_held_intervals": "gauge",
+    "imgcls_rollout_paused": "gauge",
+    "imgcls_rollout_last_decision_timestamp_seconds": "gauge",
+}
+#: monitoring/prometheus.yml's scrape job for the controller, and the compose service it scrapes.
+ROLLOUT_JOB = "imgcls-rollout"
+ROLLOUT_SERVICE = "rollout"
+
+
+def known_series() -> frozenset[str]:
+    """Series a rule or a panel may read: the service's, the controller's, Prometheus's own
+    per-target series, and the recording rules'."""
+    return (
+        exposed_series()
+        | exposed_series(ROLLOUT_METRICS)
+        | PROMETHEUS_SERIES
+        | recording_rule_names()
+    )
+
+
+def reads_the_controller(query: str) -> bool:
+    """Whether a query reads only what the controller exports (or its scrape job's ``up``)."""
+    return "imgcls_rollout_" in query or f'job="{ROLLOUT_JOB}"' in query

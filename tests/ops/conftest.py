@@ -36,11 +36,3 @@ def compose_cmd() -> list[str]:
         if probe.returncode == 0:
             return [docker, "compose"]
     missing_tool("neither docker-compose nor the docker compose plugin found")
-
-
-@pytest.fixture(scope="session")  # session, like trained_repo, so it is checked before training
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        missing_tool("prometheus not found on PATH")
-    return path

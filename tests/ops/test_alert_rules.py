@@ -15,8 +15,9 @@ from tests.helpers.ops import (
     ALERT_TESTS,
     MONITORING,
     PROMETHEUS_CONFIG,
-    PROMETHEUS_SERIES,
-    exposed_series,
+    ROLLOUT_JOB,
+    ROLLOUT_SERVICE,
+    known_series,
     promql_metric_names,
     recording_rule_names,
     route_regexes,
@@ -38,6 +39,8 @@ REQUIRED_ALERTS = {
     "ImgclsLiveAccuracyBelowTest",
     "ImgclsPredictionDrift",
     "ImgclsCaptureFailing",
+    "ImgclsRolloutRolledBack",
+    "ImgclsRolloutStuck",
 }
 SEVERITIES = {"critical", "warning", "info"}
 
@@ -116,7 +119,7 @@ def test_alert_is_unit_tested_firing_and_silent(rule: dict[str, Any]) -> None:
 
 def test_rules_use_only_exported_metrics() -> None:
     """A renamed metric must break this test, not silently turn an alert into a no-op."""
-    known = exposed_series() | PROMETHEUS_SERIES | recording_rule_names()
+    known = known_series()
     groups = yaml.safe_load(ALERT_RULES.read_text())["groups"]
     for rule in (rule for group in groups for rule in group["rules"]):
         unknown = promql_metric_names(rule["expr"]) - known
@@ -141,13 +144,25 @@ def test_prometheus_scrapes_every_api_replica_by_dns_and_itself() -> None:
     assert config["global"]["scrape_interval"] == "5s"
     assert config["rule_files"] == [ALERT_RULES.name]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"api", "prometheus"}
+    assert set(jobs) == {"api", "prometheus", ROLLOUT_JOB}
     api = jobs["api"]
     assert api.get("metrics_path", "/metrics") == "/metrics"
     assert api["dns_sd_configs"] == [
         {"names": ["api"], "type": "A", "port": 8000, "refresh_interval": "15s"}
     ]
     assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
+
+
+def test_prometheus_scrapes_the_one_rollout_controller() -> None:
+    """One static target, the compose service on the controller's default metrics port (a DNS
+    job would be a second one that tests.helpers.prometheus takes for the api's)."""
+    from service.rollout.__main__ import DEFAULT_METRICS_PORT
+
+    jobs = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    (rollout,) = [job for job in jobs if job["job_name"] == ROLLOUT_JOB]
+    assert rollout.get("metrics_path", "/metrics") == "/metrics"
+    assert "dns_sd_configs" not in rollout
+    assert rollout["static_configs"] == [{"targets": [f"{ROLLOUT_SERVICE}:{DEFAULT_METRICS_PORT}"]}]
 
 
 # --- route templates and serving.yaml labels ----------------------------------------------------
@@ -269,6 +284,26 @@ def test_drift_and_capture_alerts() -> None:
     capture = rules["ImgclsCaptureFailing"]
     assert capture["expr"].strip() == "imgcls_capture_writable == 0"
     assert capture["for"] == "5m"
+
+
+def test_rollout_alerts_read_the_controllers_decisions_and_held_intervals() -> None:
+    """RolledBack counts the controller's rollback decisions, the first one too (a decision's
+    series is born at 1, which increase() alone misses); Stuck waits for 10 held intervals and
+    leaves out paused rollouts and models without a canary (a single weight series)."""
+    from service.rollout.decide import Action
+
+    rules = rules_by_name()
+    rolled_back = " ".join(rules["ImgclsRolloutRolledBack"]["expr"].split())
+    selector = f'imgcls_rollout_decisions_total{{decision="{Action.ROLLBACK.value}"}}'
+    assert f"increase({selector}[15m]) > 0" in rolled_back
+    assert f"unless {selector} offset 15m" in rolled_back
+    assert "15 minutes" in rules["ImgclsRolloutRolledBack"]["annotations"]["description"]
+    stuck = rules["ImgclsRolloutStuck"]
+    expr = " ".join(stuck["expr"].split())
+    assert "max by (job, model) (imgcls_rollout_held_intervals) >= 10" in expr
+    assert "count by (job, model) (imgcls_rollout_weight) >= 2" in expr
+    assert "unless on (job, model) max by (job, model) (imgcls_rollout_paused) == 1" in expr
+    assert stuck["for"] == "5m"
 
 
 #: Labels a rule may aggregate by: each bounded by the service (routes, codes, the model

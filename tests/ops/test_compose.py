@@ -1,6 +1,6 @@
-"""docker-compose.yml, as Compose itself resolves it (``docker-compose config``): four services,
-the trainer behind a profile, health-gated start order, one shared models folder, and no secret
-with a default value. Needs only the Compose CLI, no Docker engine."""
+"""docker-compose.yml, as Compose itself resolves it (``docker-compose config``): five services,
+the trainer behind a profile, one rollout controller, health-gated start order, one shared models
+folder, and no secret with a default value. Needs only the Compose CLI, no Docker engine."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from tests.helpers.ops import (
     COMPOSE_FILE,
     GRAFANA_DASHBOARD_PROVIDERS,
     PROMETHEUS_CONFIG,
+    ROLLOUT_JOB,
+    ROLLOUT_SERVICE,
     ROOT,
 )
 
@@ -94,14 +96,14 @@ def published_ports(service: dict[str, Any]) -> list[str]:
     return ports
 
 
-def test_four_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"api", "prometheus", "grafana", "trainer"}
+def test_five_services(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == {"api", "prometheus", "grafana", "trainer", ROLLOUT_SERVICE}
 
 
 def test_trainer_runs_only_with_the_train_profile(config: dict[str, Any]) -> None:
     services = config["services"]
     assert services["trainer"]["profiles"] == ["train"]
-    for name in ("api", "prometheus", "grafana"):
+    for name in ("api", ROLLOUT_SERVICE, "prometheus", "grafana"):
         assert not services[name].get("profiles"), f"{name} must start with a plain `up`"
     trainer = services["trainer"]
     entrypoint = trainer["entrypoint"]
@@ -165,12 +167,66 @@ def test_api_scales_without_a_fixed_host_port(config: dict[str, Any]) -> None:
 
 def test_healthchecks_and_start_order(config: dict[str, Any]) -> None:
     services = config["services"]
-    for name in ("api", "prometheus", "grafana"):
+    for name in ("api", ROLLOUT_SERVICE, "prometheus", "grafana"):
         test = services[name]["healthcheck"]["test"]
         assert test[0] in {"CMD", "CMD-SHELL"} and len(test) > 1, name
     assert any("/healthz" in part for part in services["api"]["healthcheck"]["test"])
     assert services["prometheus"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    # The controller judges what Prometheus scraped: it starts once Prometheus answers.
+    rollout = services[ROLLOUT_SERVICE]
+    assert rollout["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+# --- the rollout controller -------------------------------------------------------------------
+def test_rollout_controller_is_one_container_of_the_api_image(config: dict[str, Any]) -> None:
+    """Exactly one controller: a fixed container name makes ``--scale rollout=N`` fail, and
+    nothing asks for more replicas. Same image as the api, restarted like it."""
+    services = config["services"]
+    rollout, api = services[ROLLOUT_SERVICE], services["api"]
+    assert rollout.get("container_name"), "a fixed name keeps `--scale rollout=2` from working"
+    assert rollout.get("deploy", {}).get("replicas", 1) == 1
+    assert "scale" not in rollout
+    assert rollout["image"] == api["image"]
+    assert rollout["restart"] == api["restart"]
+    assert rollout["user"] == services["trainer"]["user"] == api["user"]
+
+
+def test_rollout_controller_writes_the_api_models_folder(config: dict[str, Any]) -> None:
+    """It edits serving.yaml and appends rollout.log in the very folder the api reads: mounted
+    writable (the api's is read-only), and named by --models-dir."""
+    services = config["services"]
+    rollout, api = mounts(services[ROLLOUT_SERVICE]), mounts(services["api"])
+    api_models_dir = services["api"]["environment"]["IMGCLS_MODELS_DIR"]
+    models_source, api_read_only = api[api_models_dir]
+    assert api_read_only
+    assert rollout[api_models_dir] == (models_source, False)
+    command = services[ROLLOUT_SERVICE]["command"]
+    assert command == [
+        "python",
+        "-m",
+        "service.rollout",
+        "--models-dir",
+        api_models_dir,
+        "--prometheus",
+        "http://prometheus:9090",
+    ]
+
+
+def test_rollout_metrics_reach_prometheus_only(config: dict[str, Any]) -> None:
+    """Its /metrics port is the one Prometheus's imgcls-rollout job scrapes, on the compose
+    network (exposed), never published on the host; the health check asks that port."""
+    from service.rollout.__main__ import DEFAULT_METRICS_PORT
+
+    rollout = config["services"][ROLLOUT_SERVICE]
+    assert "--metrics-port" not in rollout["command"], "the default port, as scraped"
+    assert not rollout.get("ports"), "no host port: the metrics have no auth"
+    assert [str(port) for port in rollout["expose"]] == [str(DEFAULT_METRICS_PORT)]
+    jobs = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    (job,) = [job for job in jobs if job["job_name"] == ROLLOUT_JOB]
+    assert job["static_configs"] == [{"targets": [f"{ROLLOUT_SERVICE}:{DEFAULT_METRICS_PORT}"]}]
+    health = " ".join(rollout["healthcheck"]["test"])
+    assert f"127.0.0.1:{DEFAULT_METRICS_PORT}/metrics" in health
 
 
 def test_prometheus_gets_its_config_and_rules(config: dict[str, Any]) -> None:

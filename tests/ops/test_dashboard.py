@@ -14,13 +14,13 @@ from tests.helpers.ops import (
     DASHBOARD,
     GRAFANA_DASHBOARD_PROVIDERS,
     GRAFANA_DATASOURCES,
-    PROMETHEUS_SERIES,
+    ROLLOUT_JOB,
+    ROLLOUT_METRICS,
     SERVICE_METRICS,
-    exposed_series,
     iter_dashboard_queries,
     iter_panels,
+    known_series,
     promql_metric_names,
-    recording_rule_names,
     route_regexes,
     rule_exprs,
 )
@@ -97,6 +97,38 @@ REQUIRED_PANELS: dict[str, tuple[set[str], list[str]]] = {
     ),
     "Capture bytes on disk": ({"imgcls_capture_bytes"}, ["by (model)"]),
     "Capture writable": ({"imgcls_capture_writable"}, ["by (instance)"]),
+    # Rollout: the controller's own series (python -m service.rollout, job imgcls-rollout).
+    "Rollout weights": ({"imgcls_rollout_weight"}, ["by (model, version)"]),
+    "Rollout decisions": (
+        {"imgcls_rollout_decisions_total"},
+        [
+            "by (model, decision)",
+            "[$__rate_interval]) > 0 or",
+            "unless imgcls_rollout_decisions_total offset",
+        ],
+    ),
+    **{
+        f"Check {check} vs threshold": (
+            {"imgcls_rollout_check_value", "imgcls_rollout_check_threshold"},
+            [f'check="{check}"'],
+        )
+        for check in (
+            "error_ratio_delta",
+            "p99_latency_ratio",
+            "confidence_delta",
+            "live_accuracy_delta",
+        )
+    },
+    "Failed checks / held intervals": (
+        {"imgcls_rollout_failed_checks", "imgcls_rollout_held_intervals"},
+        ["by (model)"],
+    ),
+    "Rollout paused": ({"imgcls_rollout_paused"}, ["by (model)"]),
+    "Since last rollout decision": (
+        {"imgcls_rollout_last_decision_timestamp_seconds"},
+        ["time() -"],
+    ),
+    "Rollout controller up": ({"up"}, [f'job="{ROLLOUT_JOB}"']),
 }
 #: The panels of the "Stable vs canary" row, in order.
 CANARY_ROW = [
@@ -115,6 +147,19 @@ FEEDBACK_ROW = [
     "Capture: stored and skipped (samples/s)",
     "Capture bytes on disk",
     "Capture writable",
+]
+#: The panels of the "Rollout" row, in order.
+ROLLOUT_ROW = [
+    "Rollout weights",
+    "Rollout decisions",
+    "Check error_ratio_delta vs threshold",
+    "Check p99_latency_ratio vs threshold",
+    "Check confidence_delta vs threshold",
+    "Check live_accuracy_delta vs threshold",
+    "Failed checks / held intervals",
+    "Rollout paused",
+    "Since last rollout decision",
+    "Rollout controller up",
 ]
 _RATE_ARGUMENT = re.compile(r"\b(?:rate|irate|increase)\(\s*([A-Za-z_:][A-Za-z0-9_:]*)")
 
@@ -162,7 +207,7 @@ def test_required_panel(title: str) -> None:
 
 
 def test_every_query_reads_known_series() -> None:
-    known = exposed_series() | PROMETHEUS_SERIES | recording_rule_names()
+    known = known_series()
     queries = iter_dashboard_queries()
     assert len(queries) >= len(REQUIRED_PANELS)
     for query in queries:
@@ -240,9 +285,52 @@ def test_metric_list_matches_the_service() -> None:
     assert "queue_full" in metrics.REJECTION_REASONS, "ImgclsQueueSaturated reads queue_full"
 
 
+def test_rollout_metric_list_matches_the_controller() -> None:
+    """The rollout names are a contract with service/rollout/metrics.py, like the service's."""
+    from service.rollout.metrics import RolloutMetrics
+
+    registered = RolloutMetrics()
+    families = {family.name: family.type for family in registered.registry.collect()}
+    assert families == ROLLOUT_METRICS
+
+
+def test_check_panels_cover_every_check_of_the_controller() -> None:
+    """One value-vs-threshold panel per check the controller runs (every check configured:
+    the default policy), each selecting that check's value and threshold series."""
+    from service.rollout.checks import VersionStats, run_checks
+    from service.serving.config import RolloutPolicy
+
+    names = [check.name for check in run_checks(RolloutPolicy(), VersionStats(), VersionStats())]
+    panels = panels_by_title()
+    shown = sorted(
+        match
+        for query in iter_dashboard_queries()
+        for match in re.findall(r'imgcls_rollout_check_value\{check="(\w+)"\}', query)
+    )
+    assert shown == sorted(names)
+    for name in names:
+        queries = "\n".join(panel_queries(panels[f"Check {name} vs threshold"]))
+        assert f'imgcls_rollout_check_value{{check="{name}"}}' in queries
+        assert f'imgcls_rollout_check_threshold{{check="{name}"}}' in queries
+
+
+def test_decision_labels_are_the_controllers() -> None:
+    """Every ``decision="..."`` a query or a rule selects is an action the controller takes."""
+    from service.rollout.decide import Action
+
+    text = "\n".join(iter_dashboard_queries()) + "\n" + rule_exprs()
+    selected = set(re.findall(r'decision=~?"([^"]*)"', text))
+    assert selected, "ImgclsRolloutRolledBack selects the rollback decision"
+    assert selected <= {action.value for action in Action}
+
+
 @pytest.mark.parametrize(
     ("row", "expected"),
-    [("Stable vs canary", CANARY_ROW), ("Production feedback", FEEDBACK_ROW)],
+    [
+        ("Stable vs canary", CANARY_ROW),
+        ("Production feedback", FEEDBACK_ROW),
+        ("Rollout", ROLLOUT_ROW),
+    ],
 )
 def test_row_holds_its_panels(row: str, expected: list[str]) -> None:
     """The row exists and its panels follow it, before the next row (Grafana's row layout)."""
@@ -278,6 +366,42 @@ def test_feedback_panels_draw_the_alert_thresholds() -> None:
     for title in ("Prediction drift by version", "Feedback examples by outcome (1h)"):
         custom = panels[title]["fieldConfig"]["defaults"]["custom"]
         assert custom["thresholdsStyle"]["mode"] in {"line", "dashed", "line+area"}, title
+
+
+def test_held_intervals_panel_draws_the_stuck_threshold() -> None:
+    """The held-intervals line is ImgclsRolloutStuck's threshold, read from alerts.yml."""
+    (held,) = re.findall(r"\(imgcls_rollout_held_intervals\) >= ([0-9]+)", rule_exprs())
+    panel = panels_by_title()["Failed checks / held intervals"]
+    assert threshold_steps(panel) == [float(held)]
+    custom = panel["fieldConfig"]["defaults"]["custom"]
+    assert custom["thresholdsStyle"]["mode"] in {"line", "dashed", "line+area"}
+
+
+def test_check_panels_dash_their_threshold() -> None:
+    """In each check panel the threshold series is the dashed one, so value and threshold
+    cannot be mistaken for each other."""
+    for title, panel in panels_by_title().items():
+        if not title.startswith("Check "):
+            continue
+        legends = [target["legendFormat"] for target in panel["targets"]]
+        assert sorted(legends) == ["{{model}} threshold", "{{model}} value"], title
+        (override,) = panel["fieldConfig"]["overrides"]
+        assert re.fullmatch(override["matcher"]["options"], "digits threshold"), title
+        assert not re.fullmatch(override["matcher"]["options"], "digits value"), title
+        assert override["properties"][0]["id"] == "custom.lineStyle", title
+
+
+def test_panels_tile_the_24_column_grid() -> None:
+    """Every panel lies within the grid's 24 columns, and no two panels overlap."""
+    cells: dict[tuple[int, int], str] = {}
+    for panel in iter_panels():
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["w"] > 0 and pos["h"] > 0, panel["title"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
 
 
 def test_route_selectors_match_the_rules() -> None:

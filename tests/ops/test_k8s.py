@@ -1,12 +1,14 @@
 """Kubernetes manifests in deploy/k8s: probes on the service's routes, ports that agree between
 Deployment, Service and the scrape annotations, an HPA aimed at the Deployment, and pods that
-run as non-root on a read-only root filesystem with the models volume read-only."""
+run as non-root on a read-only root filesystem with the models volume read-only; beside them,
+one rollout controller (rollout-deployment.yaml) that writes that volume."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -17,7 +19,12 @@ from tests.helpers.ops import DOCKERFILE, K8S, load_yaml_documents
 SHUTDOWN_GRACE_S = 20
 
 
+#: The rollout controller's manifest, apart from the api's (a second Deployment).
+ROLLOUT_MANIFEST = "rollout-deployment.yaml"
+
+
 def all_documents() -> list[dict[str, Any]]:
+    """The api's manifests (the rollout controller's: :func:`rollout_deployment`)."""
     return [
         doc
         for name in ("deployment.yaml", "service.yaml", "hpa.yaml")
@@ -43,6 +50,11 @@ def claims_by_name() -> dict[str, dict[str, Any]]:
         for doc in all_documents()
         if doc["kind"] == "PersistentVolumeClaim"
     }
+
+
+def rollout_deployment() -> dict[str, Any]:
+    (deployment,) = load_yaml_documents(K8S / ROLLOUT_MANIFEST)
+    return deployment
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +225,130 @@ def test_termination_grace_covers_the_queue_drain(pod: dict[str, Any]) -> None:
 def test_kustomization_lists_every_manifest(container: dict[str, Any]) -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     resources = kustomization["resources"]
-    assert sorted(resources) == ["deployment.yaml", "hpa.yaml", "service.yaml"]
+    assert sorted(resources) == ["deployment.yaml", "hpa.yaml", ROLLOUT_MANIFEST, "service.yaml"]
+    assert sorted(path.name for path in K8S.glob("*.yaml")) == sorted(
+        [*resources, "kustomization.yaml"]
+    )
     for resource in resources:
         assert Path(K8S / resource).is_file()
     image_names = {image["name"] for image in kustomization["images"]}
     assert container["image"].split(":")[0] in image_names
+
+
+# --- the rollout controller -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rollout() -> dict[str, Any]:
+    return rollout_deployment()
+
+
+@pytest.fixture(scope="module")
+def rollout_pod(rollout: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = rollout["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def rollout_container(rollout_pod: dict[str, Any]) -> dict[str, Any]:
+    (controller,) = rollout_pod["containers"]
+    return dict(controller)
+
+
+def option(command: list[str], flag: str) -> str:
+    assert command.count(flag) == 1, f"{flag} once in {command}"
+    return command[command.index(flag) + 1]
+
+
+def test_rollout_runs_exactly_one_controller(
+    rollout: dict[str, Any], manifests: dict[str, dict[str, Any]]
+) -> None:
+    """replicas 1 and Recreate: an update stops the old pod before it starts the new one (a
+    RollingUpdate would run two controllers at once), and no autoscaler targets it."""
+    assert rollout["apiVersion"] == "apps/v1" and rollout["kind"] == "Deployment"
+    assert rollout["spec"]["replicas"] == 1
+    assert rollout["spec"]["strategy"] == {"type": "Recreate"}
+    target = manifests["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+    assert target != rollout["metadata"]["name"]
+
+
+def test_rollout_pods_are_apart_from_the_api_pods(
+    rollout: dict[str, Any], manifests: dict[str, dict[str, Any]]
+) -> None:
+    """Its own selector; neither the api Deployment nor the api Service selects its pod (the
+    Service would send requests to a pod without the API)."""
+    labels = rollout["spec"]["template"]["metadata"]["labels"]
+    assert rollout["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    api = manifests["Deployment"]
+    assert rollout["metadata"]["name"] != api["metadata"]["name"]
+    assert not api["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert not manifests["Service"]["spec"]["selector"].items() <= labels.items()
+
+
+def test_rollout_runs_the_controller_from_the_api_image(
+    rollout_container: dict[str, Any], container: dict[str, Any]
+) -> None:
+    command = rollout_container["command"]
+    assert command[:3] == ["python", "-m", "service.rollout"]
+    assert rollout_container["image"] == container["image"]
+    assert "--scrape" not in command, "Prometheus sees every api pod, whatever restarts"
+    url = urlsplit(option(command, "--prometheus"))
+    assert url.scheme == "http" and url.hostname and url.port
+    # In-cluster Service DNS (<service>.<namespace>.svc), documented in the manifest's comment.
+    assert ".svc" in url.hostname
+    assert url.geturl() in (K8S / ROLLOUT_MANIFEST).read_text()
+
+
+def test_rollout_writes_the_api_models_claim(
+    rollout_pod: dict[str, Any],
+    rollout_container: dict[str, Any],
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    claims: dict[str, dict[str, Any]],
+) -> None:
+    """--models-dir is a writable mount of the very claim the api pods mount read-only, and
+    that claim lets several nodes mount it (the controller's pod may run beside no api pod)."""
+    models_dir = option(rollout_container["command"], "--models-dir")
+    mounts = {mount["mountPath"]: mount for mount in rollout_container["volumeMounts"]}
+    assert not mounts[models_dir].get("readOnly", False)
+    volumes = {volume["name"]: volume for volume in rollout_pod["volumes"]}
+    claim = volumes[mounts[models_dir]["name"]]["persistentVolumeClaim"]
+    assert not claim.get("readOnly", False)
+
+    api_env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    api_mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    api_volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    api_claim = api_volumes[api_mounts[api_env["IMGCLS_MODELS_DIR"]]["name"]]
+    assert claim["claimName"] == api_claim["persistentVolumeClaim"]["claimName"]
+    assert "ReadWriteMany" in claims[claim["claimName"]]["spec"]["accessModes"]
+
+
+def test_rollout_metrics_port_probe_and_scrape_annotations(
+    rollout: dict[str, Any], rollout_container: dict[str, Any]
+) -> None:
+    from service.rollout.__main__ import DEFAULT_METRICS_PORT
+
+    assert "--metrics-port" not in rollout_container["command"]
+    assert [entry["containerPort"] for entry in rollout_container["ports"]] == [
+        DEFAULT_METRICS_PORT
+    ]
+    annotations = rollout["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == DEFAULT_METRICS_PORT
+    probe = rollout_container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/metrics"
+    assert resolve_port(rollout_container, probe["port"]) == DEFAULT_METRICS_PORT
+
+
+def test_rollout_runs_as_non_root_with_read_only_root(
+    rollout_pod: dict[str, Any], rollout_container: dict[str, Any], pod: dict[str, Any]
+) -> None:
+    """The api pods' security settings (same uid, so each can read what the other writes)."""
+    assert rollout_pod["securityContext"] == pod["securityContext"]
+    security = rollout_container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert rollout_pod["automountServiceAccountToken"] is False
+    resources = rollout_container["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"])
+    assert "memory" in resources["limits"]

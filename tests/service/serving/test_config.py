@@ -97,6 +97,15 @@ def test_models_not_in_the_file_and_an_empty_file_get_the_defaults() -> None:
             ["max_queue_size (4)", "max_batch_size (8)"],
         ),
         ("models: {digits: {limits: {batch_timeout_s: -1}}}", ["batch_timeout_s"]),
+        (
+            "models: {digits: {rollout: {step_weight: 0.6, max_weight: 0.5}}}",
+            ["step_weight (0.6) must be <= rollout.max_weight (0.5)"],
+        ),
+        ("models: {digits: {rollout: {threshold: 0}}}", ["rollout.threshold"]),
+        (
+            "models: {digits: {rollout: {checks: {error_ratio_max_delta: 2}}}}",
+            ["rollout.checks.error_ratio_max_delta"],
+        ),
     ],
     ids=[
         "bad-yaml",
@@ -116,6 +125,9 @@ def test_models_not_in_the_file_and_an_empty_file_get_the_defaults() -> None:
         "weights-sum-above-one",
         "queue-smaller-than-batch",
         "negative-timeout",
+        "rollout-step-above-max",
+        "rollout-threshold-zero",
+        "rollout-check-out-of-range",
     ],
 )
 def test_invalid_files_are_rejected_with_a_message_naming_the_problem(
