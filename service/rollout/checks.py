@@ -24,6 +24,9 @@ class VersionStats:
     confidence_count: float = 0.0  # images
     feedback_correct: float = 0.0
     feedback_wrong: float = 0.0
+    #: Whether a replica serves the version (``imgcls_model_info``); None: the source does not
+    #: say.
+    served: bool | None = None
 
     def add(self, other: VersionStats) -> None:
         """Add ``other``'s counts to these (several replicas, or several series)."""
@@ -35,6 +38,8 @@ class VersionStats:
         self.confidence_count += other.confidence_count
         self.feedback_correct += other.feedback_correct
         self.feedback_wrong += other.feedback_wrong
+        if other.served is not None:
+            self.served = bool(self.served) or other.served
 
     @property
     def error_ratio(self) -> float:

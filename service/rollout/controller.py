@@ -156,11 +156,15 @@ class Controller:
         self.metrics = metrics or RolloutMetrics()
         self.clock = clock
         self._tracked: dict[str, _Tracked] = {}
-        self._last: dict[str, dict[str, Any]] = journal.last_entries(self.journal_path)
+        self._follower = journal.Follower(self.journal_path)
+        self._last: dict[str, dict[str, Any]] = {}
+        for entry in self._follower.new_entries():
+            self._last[entry["model"]] = entry
         for model, entry in self._last.items():
             self.metrics.paused.labels(model=model).set(1 if entry.get("paused") else 0)
         self._blessed_cache: dict[tuple[str, int], tuple[tuple[int, int], bool]] = {}
         self._config_problem: str | None = None
+        self._model_problems: dict[str, str] = {}
 
     # --- reading -------------------------------------------------------------------------
     def _read_config(self) -> ServingConfig | None:
@@ -199,19 +203,20 @@ class Controller:
                 found.add(version)
         return frozenset(found)
 
-    def _refresh_journal(self) -> None:
-        """Take in lines others appended (an operator's pause, resume, promote, rollback),
-        and count them in the metrics as if the controller had decided them."""
-        for model, entry in journal.last_entries(
-            self.journal_path, tail_bytes=journal.TAIL_BYTES
-        ).items():
-            known = self._last.get(model)
-            if known is None or (
-                entry != known and float(entry.get("time", 0)) >= float(known.get("time", 0))
-            ):
-                self._last[model] = entry
-                if known is not None:
-                    self.metrics.record_entry(entry)
+    def _follow_journal(self) -> set[str]:
+        """Take in the lines appended since the last look; returns the models an operator's
+        command (``"by": "operator"``) touched. Those are counted in the metrics as if the
+        controller had decided them, and their interval starts again (a resume is judged on
+        traffic after it, not before)."""
+        touched = set()
+        for entry in self._follower.new_entries():
+            model = entry["model"]
+            self._last[model] = entry
+            if entry.get("by") != "controller":
+                touched.add(model)
+                self.metrics.record_entry(entry)
+                self._tracked.pop(model, None)
+        return touched
 
     def view(self, model: str, config: ModelConfig) -> ModelView:
         return view_of(config, self._last.get(model), self.blessed_versions(model))
@@ -222,56 +227,107 @@ class Controller:
         config = self._read_config()
         if config is None:
             return []
-        self._refresh_journal()
+        self._follow_journal()
+        rolled_out = {name for name, model in config.models.items() if model.rollout is not None}
+        for gone in set(self._tracked) - rolled_out:  # its section or rollout: was removed
+            del self._tracked[gone]
+            self.metrics.forget(gone)
         taken = []
-        for model, model_config in sorted(config.models.items()):
-            if model_config.rollout is None:
-                continue
-            decision = self._tick_model(model, model_config)
+        for model in sorted(rolled_out):
+            decision = self._tick_model(model, config.models[model])
             if decision is not None:
                 taken.append((model, decision))
         return taken
 
+    def _problem(self, model: str, problem: str | None) -> None:
+        """Log a model's configuration problem once (and its end)."""
+        if problem != self._model_problems.get(model):
+            if problem:
+                logger.warning("%s: %s; nothing is rolled out until it is fixed", model, problem)
+            else:
+                logger.info("%s: the configuration problem is gone", model)
+        if problem:
+            self._model_problems[model] = problem
+        else:
+            self._model_problems.pop(model, None)
+
     def _track(self, model: str, labels: Labels, now: float) -> _Tracked:
         """The model's interval: resumed from the journal when the file still has the labels
-        the journal's last line left, else (first sight after a hand edit, or a crash between
-        the file and the journal) started now."""
+        the journal's last line left, else started now. Labels that changed without a line
+        (a hand edit, or a crash between the file and the line) are recorded: a canary that
+        disappeared is rolled back ("removed by hand"), never restarted; one that became
+        stable is promoted."""
         tracked = self._tracked.get(model)
         if tracked is not None and tracked.labels == labels:
             return tracked
         self.metrics.know(model)
         last = self._last.get(model) or {}
-        recorded = (
+        recorded: Labels = (
             last.get("stable"),
             last.get("canary"),
             last.get("weight", 0.0),
             last.get("previous"),
         )
+        before = tracked.labels if tracked is not None else (recorded if last else None)
         if tracked is None and last and recorded == labels:
             # Resumed: no begin() here. A source with history (Prometheus) judges the time
             # since that line; one without (scrapes) takes its baseline at the first look.
             tracked = self._tracked[model] = _Tracked(labels, float(last.get("time", now)))
             self.metrics.show(model, labels[0], labels[1], labels[2])
             return tracked
-        else:
-            if tracked is not None:
-                logger.info(
-                    "%s: serving.yaml changed outside the controller (stable %s, canary %s at "
-                    "%g, previous %s): the interval starts again",
-                    model,
-                    *labels,
-                )
-            start = now
-        tracked = self._tracked[model] = _Tracked(labels, start)
+        if before is not None:
+            logger.info(
+                "%s: serving.yaml changed outside the controller (stable %s, canary %s at %g, "
+                "previous %s): the interval starts again",
+                model,
+                *labels,
+            )
+            self._record_hand_edit(model, before, labels, now)
+        tracked = self._tracked[model] = _Tracked(labels, now)
         self.metrics.show(model, labels[0], labels[1], labels[2])
         self.source.begin(model)
         return tracked
+
+    def _record_hand_edit(self, model: str, before: Labels, labels: Labels, now: float) -> None:
+        gone = before[1]
+        if gone is None or labels[1] == gone:
+            return
+        last = self._last.get(model) or {}
+        rolled_back = _rolled_back(last)
+        stable, canary, weight, previous = labels
+        if stable == gone:
+            action, reason = (
+                Action.PROMOTE,
+                f"serving.yaml edited by hand: version {gone} is stable",
+            )
+        else:
+            action = Action.ROLLBACK
+            reason = f"version {gone}: canary label removed from serving.yaml by hand"
+            rolled_back.setdefault(gone, reason)
+        decision = Decision(action, stable, canary, weight, previous, 0, 0, reason)
+        entry = make_entry(
+            model,
+            decision,
+            at=now,
+            by="operator",
+            paused=bool(last.get("paused")),
+            rolled_back=rolled_back,
+        )
+        logger.info("%s: %s recorded: %s", model, action.value, reason)
+        with serving_file.locked(self.config_path):
+            journal.append(self.journal_path, entry)  # counted when the follower reads it
+        self._last[model] = entry
 
     def _tick_model(self, model: str, config: ModelConfig) -> Decision | None:
         assert config.rollout is not None
         policy = config.rollout
         now = self.clock()
         labels = labels_of(config)
+        stable = labels[0]
+        if stable is not None and stable not in list_versions(self.models_dir / model):
+            self._problem(model, f"the stable label names version {stable}, which is not on disk")
+            return None
+        self._problem(model, None)
         tracked = self._track(model, labels, now)
         view = self.view(model, config)
         elapsed = now - tracked.interval_start
@@ -288,34 +344,40 @@ class Controller:
         decision = decide(view, policy, elapsed_s=elapsed, traffic=traffic)
         if decision is None:
             return None
-        if not self._apply(model, labels, view, decision, by="controller"):
+        if not self._apply(model, labels, view, decision):
             return None
         return decision
 
-    def _apply(
-        self, model: str, seen: Labels, view: ModelView, decision: Decision, *, by: str
-    ) -> bool:
-        """Write the decision's labels (unless the file changed meanwhile), then its line."""
-        now = self.clock()
-        rolled_back = dict(view.rolled_back)
-        if decision.action is Action.ROLLBACK and view.canary is not None:
-            rolled_back.setdefault(view.canary, decision.reason)
-        new_labels: Labels = (decision.stable, decision.canary, decision.weight, decision.previous)
-        if new_labels != seen:
-            with serving_file.locked(self.config_path):
-                current = self._read_config()
-                if current is None or labels_of(current.for_model(model)) != seen:
-                    logger.info("%s: serving.yaml changed during the decision: judged again", model)
-                    return False
+    def _apply(self, model: str, seen: Labels, view: ModelView, decision: Decision) -> bool:
+        """Under the lock: unless an operator's command or an edit of the labels came in since
+        the view was taken (then the next tick judges again), write the decision's labels and
+        its line."""
+        with serving_file.locked(self.config_path):
+            if model in self._follow_journal():
+                logger.info("%s: an operator acted during the decision: judged again", model)
+                return False
+            current = self._read_config()
+            if current is None or labels_of(current.for_model(model)) != seen:
+                logger.info("%s: serving.yaml changed during the decision: judged again", model)
+                return False
+            now = self.clock()
+            rolled_back = dict(view.rolled_back)
+            if decision.action is Action.ROLLBACK and view.canary is not None:
+                rolled_back.setdefault(view.canary, decision.reason)
+            new_labels: Labels = (
+                decision.stable,
+                decision.canary,
+                decision.weight,
+                decision.previous,
+            )
+            if new_labels != seen:
                 try:
                     write_decision(self.config_path, model, decision)
                 except (OSError, ServingConfigError) as exc:
                     logger.error("%s: cannot write %s: %s", model, self.config_path, exc)
                     return False
-                self._append(model, decision, now, by, view.paused, rolled_back)
-        else:
-            self._append(model, decision, now, by, view.paused, rolled_back)
-        self._tracked[model] = _Tracked(new_labels, now)
+            self._tracked[model] = _Tracked(new_labels, now)
+            self._append(model, decision, now, "controller", view.paused, rolled_back)
         self.source.begin(model)
         return True
 

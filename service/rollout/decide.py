@@ -107,16 +107,21 @@ def decide(
     if view.paused:
         return None
     interval_over = elapsed_s >= policy.interval_s
+    if view.stable is None:
+        # The version that takes the default share now: the newest blessed one that is not
+        # the canary (what the replicas serve without a stable label).
+        served = [v for v in view.blessed if v not in view.rolled_back and v != view.canary]
+        if not served:
+            return None
+        newest = max(served)
+        return decision_from(
+            view, Action.PIN, f"no stable label: pinned to version {newest}", stable=newest
+        )
     if view.canary is None:
-        if view.stable is None:
-            served = [v for v in view.blessed if v not in view.rolled_back]
-            if not served:
+        if view.previous is not None:
+            # The old stable's one more interval comes first; a newer version waits for it.
+            if not interval_over:
                 return None
-            newest = max(served)
-            return decision_from(
-                view, Action.PIN, f"no stable label: pinned to version {newest}", stable=newest
-            )
-        if view.previous is not None and interval_over:
             return decision_from(
                 view,
                 Action.RETIRE,
@@ -151,6 +156,14 @@ def decide(
     stable = traffic.get(str(view.stable), VersionStats())
     requests = {"stable": stable.requests, "canary": canary.requests}
     fewest = min(canary.requests, stable.requests)
+    knows_served = any(stats.served for stats in traffic.values())
+    if knows_served and not canary.served and stable.requests >= policy.min_requests:
+        # Its weight goes to the default version while no replica serves it (it failed to
+        # load, or was deleted): it would wait forever, and block every newer version.
+        unserved = CheckResult(
+            "canary_served", 0.0, 1.0, False, "no replica serves the canary's version"
+        )
+        return _failed(view, policy, (unserved,), requests)
     if fewest < policy.min_requests:
         return decision_from(
             view,
@@ -161,35 +174,8 @@ def decide(
             requests=requests,
         )
     checks = tuple(run_checks(policy, canary, stable))
-    failed = [check for check in checks if check.passed is False]
-    if failed:
-        failures = view.failures + 1
-        names = ", ".join(
-            f"{check.name} {check.value:.4g} (limit {check.threshold:g})"
-            for check in failed
-            if check.value is not None
-        )
-        if failures >= policy.threshold:
-            return decision_from(
-                view,
-                Action.ROLLBACK,
-                f"{failures} failed checks (threshold {policy.threshold}); last: {names}",
-                canary=None,
-                weight=0.0,
-                failures=failures,
-                held=0,
-                checks=checks,
-                requests=requests,
-            )
-        return decision_from(
-            view,
-            Action.HOLD,
-            f"failed: {names} ({failures} of threshold {policy.threshold})",
-            failures=failures,
-            held=view.held + 1,
-            checks=checks,
-            requests=requests,
-        )
+    if any(check.passed is False for check in checks):
+        return _failed(view, policy, checks, requests)
     if view.weight >= policy.max_weight - 1e-9:
         return decision_from(
             view,
@@ -210,6 +196,43 @@ def decide(
         f"every check passed at weight {view.weight:g}",
         weight=weight,
         held=0,
+        checks=checks,
+        requests=requests,
+    )
+
+
+def _failed(
+    view: ModelView,
+    policy: RolloutPolicy,
+    checks: tuple[CheckResult, ...],
+    requests: dict[str, float],
+) -> Decision:
+    """A failed interval: hold, or roll back at the threshold."""
+    failures = view.failures + 1
+    names = ", ".join(
+        f"{check.name} {check.value:.4g} (limit {check.threshold:g})"
+        + (f": {check.note}" if check.note else "")
+        for check in checks
+        if check.passed is False and check.value is not None
+    )
+    if failures >= policy.threshold:
+        return decision_from(
+            view,
+            Action.ROLLBACK,
+            f"{failures} failed checks (threshold {policy.threshold}); last: {names}",
+            canary=None,
+            weight=0.0,
+            failures=failures,
+            held=0,
+            checks=checks,
+            requests=requests,
+        )
+    return decision_from(
+        view,
+        Action.HOLD,
+        f"failed: {names} ({failures} of threshold {policy.threshold})",
+        failures=failures,
+        held=view.held + 1,
         checks=checks,
         requests=requests,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import socket
 import subprocess
@@ -30,13 +31,15 @@ from typing import Any
 from service.rollout import journal
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_ROLLOUT = "{step_weight: 0.2, max_weight: 0.6, interval_s: 5, threshold: 2, min_requests: 10}"
-SERVING_YAML = f"""\
+
+
+def serving_yaml(rollout: str) -> str:
+    return f"""\
 # written by the loop demo
 models:
   digits:
     labels: {{stable: 1}}
-    rollout: {DEMO_ROLLOUT}
+    rollout: {rollout}
 """
 
 
@@ -203,15 +206,24 @@ def watch(models: Path, clients: Clients, seen: int, until: set[str], timeout_s:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.rollout.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
+    parser.add_argument("--interval-s", type=float, default=5, help="rollout.interval_s (5)")
+    parser.add_argument("--step-weight", type=float, default=0.2, help="rollout.step_weight (0.2)")
+    parser.add_argument("--max-weight", type=float, default=0.6, help="rollout.max_weight (0.6)")
+    parser.add_argument("--min-requests", type=int, default=10, help="rollout.min_requests (10)")
     args = parser.parse_args(argv)
+    rollout = (
+        f"{{step_weight: {args.step_weight}, max_weight: {args.max_weight}, "
+        f"interval_s: {args.interval_s:g}, threshold: 2, min_requests: {args.min_requests}}}"
+    )
+    steps = math.ceil(args.max_weight / args.step_weight - 1e-9)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="imgcls-loop-demo-"))
     models, runs = workdir / "models", workdir / "runs"
     models.mkdir(parents=True, exist_ok=True)
     say(f"working in {workdir}")
     say("training version 1 (default settings, about half a minute on 2 cores)")
     say(train(models, runs))
-    (models / "serving.yaml").write_text(SERVING_YAML)
-    say(f"serving.yaml: stable 1, rollout {DEMO_ROLLOUT}")
+    (models / "serving.yaml").write_text(serving_yaml(rollout))
+    say(f"serving.yaml: stable 1, rollout {rollout}")
 
     port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
@@ -260,7 +272,17 @@ def main(argv: list[str] | None = None) -> int:
                     models, runs, "--init-from", "1", "--epochs", "1", "--learning-rate", "0.0001"
                 )
             )
-            watch(models, clients, seen, {"retire", "rollback"}, timeout_s=180)
+            trained = time.time()
+            # start, the steps, promote and retire, each an interval, and slack for a busy box
+            timeout_s = (steps + 3) * args.interval_s + 120
+            watch(models, clients, seen, {"retire", "rollback"}, timeout_s=timeout_s)
+        promoted = [
+            entry
+            for entry in journal.entries(journal.journal_path(models))
+            if entry["decision"] == "promote"
+        ]
+        if promoted:
+            say(f"train.py finished -> promotion: {float(promoted[0]['time']) - trained:.1f} s")
         say(f"serving.yaml now:\n{(models / 'serving.yaml').read_text()}")
         say(f"every decision: {journal.journal_path(models)}")
     finally:

@@ -36,14 +36,56 @@ def journal_path(models_dir: Path) -> Path:
 
 def append(path: Path, entry: dict[str, Any]) -> None:
     """Append one entry as one line (a single write), then fsync: a decision that was acted
-    on is never lost to a crash."""
+    on is never lost to a crash. A torn last line (a crash mid-write) is ended first, so it
+    cannot swallow this one."""
     line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Follower:
+    """Reads the lines appended since its last read (``tail -f``): the controller sees every
+    line an operator's command wrote, in file order, whatever its time stamp. A file that
+    shrank was rotated: it is read again from the start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def new_entries(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                if size < self._offset:
+                    self._offset, self._partial = 0, b""
+                handle.seek(self._offset)
+                data = handle.read(size - self._offset)
+        except FileNotFoundError:
+            self._offset, self._partial = 0, b""
+            return []
+        except OSError as exc:
+            logger.warning("cannot read %s: %s", self.path, exc)
+            return []
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()  # after the last newline: a line still being written
+        found = []
+        for raw in lines:
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue  # a torn line
+            if isinstance(entry, dict) and isinstance(entry.get("model"), str):
+                found.append(entry)
+        return found
 
 
 def _parse(lines: list[bytes]) -> dict[str, dict[str, Any]]:

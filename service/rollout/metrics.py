@@ -3,6 +3,7 @@ the ``imgcls-rollout`` job)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -103,6 +104,15 @@ class RolloutMetrics:
         canary = entry.get("canary")
         self.failed_checks.labels(model=model).set(int(entry.get("failures", 0)) if canary else 0)
         self.held_intervals.labels(model=model).set(int(entry.get("held", 0)) if canary else 0)
+
+    def forget(self, model: str) -> None:
+        """Drop the series of a model whose rollout was removed from serving.yaml."""
+        for version in self._versions.pop(model, set()):
+            self.weight.remove(model, version)
+        for gauge in (self.failed_checks, self.held_intervals, self.paused):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model)
+        self._known.discard(model)
 
     def show(self, model: str, stable: int | None, canary: int | None, weight: float) -> None:
         """Export the weights in force (the versions no longer named lose their series)."""

@@ -56,7 +56,9 @@ def _add_sample(stats: Traffic, sample_name: str, labels: dict[str, str], value:
     if not version:
         return
     entry = stats.setdefault(version, VersionStats())
-    if sample_name == "imgcls_requests_total":
+    if sample_name == "imgcls_model_info":
+        entry.served = bool(entry.served) or value > 0
+    elif sample_name == "imgcls_requests_total":
         entry.requests += value
         if labels.get("code", "").startswith("5"):
             entry.server_errors += value
@@ -84,6 +86,8 @@ _WANTED = frozenset(
         "imgcls_feedback_total",
     }
 )
+#: Whether a replica serves a version: a gauge labelled ``name`` (not ``model``), read as is.
+_SERVED = "imgcls_model_info"
 
 SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]  # url, sample name, labels
 
@@ -106,8 +110,10 @@ class ScrapeSource:
         self._fetch = fetch
         self._baselines: dict[str, dict[SampleKey, float]] = {}
 
-    def _scrape(self, model: str) -> dict[SampleKey, float]:
+    def _scrape(self, model: str) -> tuple[dict[SampleKey, float], dict[str, bool]]:
+        """Every wanted sample of ``model`` by replica, and the versions some replica serves."""
         samples: dict[SampleKey, float] = {}
+        served: dict[str, bool] = {}
         failures = []
         for url in self.urls:
             target = url if url.endswith("/metrics") else url + "/metrics"
@@ -118,6 +124,9 @@ class ScrapeSource:
                 continue
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
+                    if sample.name == _SERVED and sample.labels.get("name") == model:
+                        served[sample.labels.get("version", "")] = True
+                        continue
                     if sample.name not in _WANTED or sample.labels.get("model") != model:
                         continue
                     if EXCLUDED_ROUTES.fullmatch(sample.labels.get("route", "")):
@@ -127,11 +136,11 @@ class ScrapeSource:
         if failures:
             # A replica that cannot be read would make its traffic look like none: judge later.
             raise SourceError("; ".join(failures))
-        return samples
+        return samples, served
 
     def begin(self, model: str) -> None:
         try:
-            self._baselines[model] = self._scrape(model)
+            self._baselines[model] = self._scrape(model)[0]
         except SourceError as exc:
             logger.warning("no baseline for %s yet: %s", model, exc)
             self._baselines.pop(model, None)
@@ -141,8 +150,10 @@ class ScrapeSource:
         if baseline is None:
             self.begin(model)
             return None
-        now = self._scrape(model)
+        now, served = self._scrape(model)
         stats: Traffic = {}
+        for version in served:
+            _add_sample(stats, _SERVED, {"version": version}, 1.0)
         for key, value in now.items():
             before = baseline.get(key, 0.0)
             increase = value - before if value >= before else value
@@ -211,6 +222,7 @@ class PrometheusSource:
                 f"{{{selector}}}[{window}s]))"
             ),
         }
+        queries[_SERVED] = f"max by (version) (imgcls_model_info{{name={_quote(model)}}})"
         stats: Traffic = {}
         for name, promql in queries.items():
             for labels, value in self._query(promql, at):

@@ -157,6 +157,19 @@ class ModelConfig(_Strict):
         description="progressive canary of new blessed versions (python -m service.rollout)",
     )
 
+    @model_validator(mode="after")
+    def _rollout_fits_beside_the_other_weights(self) -> ModelConfig:
+        """The controller raises the ``canary`` label up to ``max_weight``: with the other
+        labels' weights that must stay within 1, or its edits would never validate."""
+        if self.rollout is not None:
+            others = sum(t.weight for name, t in self.labels.items() if name != "canary")
+            if self.rollout.max_weight + others > 1.0 + 1e-9:
+                raise ValueError(
+                    f"rollout.max_weight ({self.rollout.max_weight:g}) and the other labels' "
+                    f"weights ({others:g}) add up to more than 1"
+                )
+        return self
+
     @field_validator("labels", mode="before")
     @classmethod
     def _plain_versions(cls, value: object) -> object:

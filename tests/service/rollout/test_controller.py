@@ -231,3 +231,141 @@ def test_operator_commands_pause_resume_promote_and_roll_back(repo: Path) -> Non
     run(controller, clock, 65)
     assert decisions(repo)[-2:] == ["promote", "retire"]
     assert labels(repo) == {"stable": (3, 0.0)}
+
+
+def test_an_operator_rollback_during_a_decision_wins_and_is_never_undone(repo: Path) -> None:
+    clock, source = Clock(), Source()
+    controller = Controller(repo, source, clock=clock)
+    publish_fake(repo, blessed=True)  # 2
+    controller.tick()
+    source.canary_errors = 30  # the controller is about to hold...
+    original = source.traffic
+
+    def rollback_meanwhile(model: str, seconds: float) -> dict[str, VersionStats] | None:
+        source.traffic = original  # type: ignore[method-assign]
+        override(repo, "digits", "rollback", clock=clock)  # ...when the operator rolls back
+        return original(model, seconds)
+
+    source.traffic = rollback_meanwhile  # type: ignore[method-assign]
+    run(controller, clock, 60)
+    run(controller, clock, 300)
+    assert decisions(repo) == ["start", "rollback"]
+    assert labels(repo) == {"stable": (1, 0.0)}
+
+
+def test_a_canary_removed_by_hand_is_recorded_as_rolled_back_not_restarted(repo: Path) -> None:
+    clock, source = Clock(), Source()
+    metrics = RolloutMetrics(CollectorRegistry())
+    controller = Controller(repo, source, metrics, clock=clock)
+    publish_fake(repo, blessed=True)  # 2
+    controller.tick()
+    (repo / "serving.yaml").write_text(CONFIG)  # the canary line is gone
+    run(controller, clock, 300)
+    assert decisions(repo) == ["start", "rollback"]
+    last = journal.entries(repo / "rollout.log")[-1]
+    assert last["by"] == "operator" and "removed from serving.yaml by hand" in last["reason"]
+    assert last["rolled_back"].keys() == {"2"}
+    assert labels(repo) == {"stable": (1, 0.0)}
+    assert (
+        metrics.registry.get_sample_value(
+            "imgcls_rollout_decisions_total", {"model": "digits", "decision": "rollback"}
+        )
+        == 1
+    )
+
+    # Made stable by hand: recorded as a promotion.
+    publish_fake(repo, blessed=True)  # 3
+    controller.tick()
+    (repo / "serving.yaml").write_text(CONFIG.replace("stable: 1", "stable: 3"))
+    run(controller, clock, 10)
+    assert decisions(repo)[-2:] == ["start", "promote"]
+
+
+def test_resume_starts_a_whole_interval_and_a_new_version_waits_for_the_retirement(
+    repo: Path,
+) -> None:
+    clock, source = Clock(), Source()
+    controller = Controller(repo, source, clock=clock)
+    publish_fake(repo, blessed=True)  # 2
+    controller.tick()
+    override(repo, "digits", "pause", clock=clock)
+    run(controller, clock, 120)
+    override(repo, "digits", "resume", clock=clock)
+    run(controller, clock, 55)
+    assert decisions(repo) == ["start", "pause", "resume"]  # not judged on the paused time
+    run(controller, clock, 10)
+    assert decisions(repo)[-1] == "step"
+
+    run(controller, clock, 60)  # at max_weight: promoted
+    assert labels(repo) == {"stable": (2, 0.0), "previous": (1, 0.0)}
+    publish_fake(repo, blessed=True)  # 3, right after the promotion
+    run(controller, clock, 30)
+    assert "canary" not in labels(repo)  # version 1 serves its extra interval first
+    run(controller, clock, 35)
+    assert decisions(repo)[-2:] == ["retire", "start"]
+    assert labels(repo) == {"stable": (2, 0.0), "canary": (3, 0.25)}
+
+
+def test_a_canary_no_replica_serves_is_rolled_back_instead_of_waiting_forever(
+    repo: Path,
+) -> None:
+    clock, source = Clock(), Source()
+    original = source.traffic
+
+    def canary_not_loaded(model: str, seconds: float) -> dict[str, VersionStats] | None:
+        traffic = original(model, seconds)
+        assert traffic is not None
+        traffic["1"].served = True
+        del traffic["2"]  # its share goes to stable: no requests, no imgcls_model_info
+        return traffic
+
+    source.traffic = canary_not_loaded  # type: ignore[method-assign]
+    controller = Controller(repo, source, clock=clock)
+    publish_fake(repo, blessed=True)
+    run(controller, clock, 125)
+    assert decisions(repo) == ["start", "hold", "rollback"]
+    last = journal.entries(repo / "rollout.log")[-1]
+    assert [c["name"] for c in last["checks"]] == ["canary_served"]
+
+
+def test_with_a_history_source_a_restart_judges_the_interval_since_the_last_line(
+    repo: Path,
+) -> None:
+    clock, source = Clock(), Source()
+    publish_fake(repo, blessed=True)
+    Controller(repo, source, clock=clock).tick()  # start, then the controller dies
+    clock.now += 70
+    restarted = Controller(repo, source, clock=clock)  # Prometheus kept the history
+    restarted.tick()
+    assert decisions(repo) == ["start", "step"]
+    restarted.tick()
+    assert decisions(repo) == ["start", "step"]  # and never two steps in a row
+
+
+def test_problems_in_the_file_stop_the_rollout_and_a_removed_rollout_is_forgotten(
+    repo: Path,
+) -> None:
+    clock, source = Clock(), Source()
+    metrics = RolloutMetrics(CollectorRegistry())
+    controller = Controller(repo, source, metrics, clock=clock)
+    publish_fake(repo, blessed=True)
+    (repo / "serving.yaml").write_text(CONFIG.replace("stable: 1", "stable: 7"))
+    run(controller, clock, 120)
+    assert decisions(repo) == []  # version 7 is not on disk: nothing to compare with
+    (repo / "serving.yaml").write_text(CONFIG)
+    controller.tick()
+    assert (
+        metrics.registry.get_sample_value(
+            "imgcls_rollout_weight", {"model": "digits", "version": "2"}
+        )
+        == 0.25
+    )
+    (repo / "serving.yaml").write_text("models:\n  digits:\n    labels: {stable: 1}\n")
+    controller.tick()
+    for version in ("1", "2"):
+        assert (
+            metrics.registry.get_sample_value(
+                "imgcls_rollout_weight", {"model": "digits", "version": version}
+            )
+            is None
+        )

@@ -66,3 +66,17 @@ def test_an_edit_that_would_not_validate_leaves_the_file_alone(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir() if p.name != "serving.yaml.lock"] == [
         "serving.yaml"
     ]  # no temporary file left behind
+
+
+def test_a_torn_journal_line_does_not_swallow_the_next(tmp_path: Path) -> None:
+    from service.rollout import journal
+
+    path = tmp_path / "rollout.log"
+    journal.append(path, {"model": "digits", "decision": "start"})
+    with path.open("ab") as handle:
+        handle.write(b'{"model": "digits", "decisi')  # a crash mid-write
+    follower = journal.Follower(path)
+    assert [e["decision"] for e in follower.new_entries()] == ["start"]
+    journal.append(path, {"model": "digits", "decision": "rollback"})
+    assert [e["decision"] for e in journal.entries(path)] == ["start", "rollback"]
+    assert [e["decision"] for e in follower.new_entries()] == ["rollback"]

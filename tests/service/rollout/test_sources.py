@@ -84,18 +84,24 @@ def test_prometheus_is_asked_for_increases_over_the_interval() -> None:
         "imgcls_prediction_confidence_sum": [({"version": "2"}, "90")],
         "imgcls_prediction_confidence_count": [({"version": "2"}, "100")],
         "imgcls_feedback_total": [({"version": "2", "outcome": "wrong"}, "NaN")],
+        "imgcls_model_info": [({"version": "1"}, "1")],
     }
 
     def fetch(url: str) -> str:
         query = parse_qs(urlparse(url).query)["query"][0]
         asked.append(query)
-        metric = next(name for name in answers if f"increase({name}{{" in query)
+        metric = next(name for name in answers if f"{name}{{" in query)
         rows = [{"metric": labels, "value": [0, value]} for labels, value in answers[metric]]
         return json.dumps({"status": "success", "data": {"resultType": "vector", "result": rows}})
 
     traffic = PrometheusSource("http://prometheus:9090", fetch=fetch).traffic("digits", 59.6)
     assert traffic is not None
-    assert all('model="digits"' in q and "[60s]" in q for q in asked)
+    *increases, served = asked
+    assert all('model="digits"' in q and "[60s]" in q for q in increases)
+    assert served == 'max by (version) (imgcls_model_info{name="digits"})'
+    # Inference routes only: /explain and /feedback are not the model's latency.
+    assert all('route!~".*(explain|feedback).*"' in q for q in increases[:2])
+    assert traffic["1"].served and not traffic["2"].served
     assert traffic["2"].requests == 100 and traffic["2"].server_errors == 5
     assert traffic["2"].mean_confidence == pytest.approx(0.9)
     assert traffic["2"].feedback == 0  # NaN (no samples) is no feedback

@@ -103,6 +103,10 @@ def test_models_not_in_the_file_and_an_empty_file_get_the_defaults() -> None:
         ),
         ("models: {digits: {rollout: {threshold: 0}}}", ["rollout.threshold"]),
         (
+            "models: {digits: {labels: {beta: {version: 2, weight: 0.6}}, rollout: {}}}",
+            ["rollout.max_weight (0.5) and the other labels' weights (0.6)"],
+        ),
+        (
             "models: {digits: {rollout: {checks: {error_ratio_max_delta: 2}}}}",
             ["rollout.checks.error_ratio_max_delta"],
         ),
@@ -127,6 +131,7 @@ def test_models_not_in_the_file_and_an_empty_file_get_the_defaults() -> None:
         "negative-timeout",
         "rollout-step-above-max",
         "rollout-threshold-zero",
+        "rollout-beside-other-weights",
         "rollout-check-out-of-range",
     ],
 )
