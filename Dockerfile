@@ -1,13 +1,15 @@
-# syntax=docker/dockerfile:1
-#
 # imgcls: one image for the API (default CMD) and the trainer (docker-compose.yml's `trainer`).
 #   docker build -t imgcls .                          # CPU TensorFlow
 #   docker build -t imgcls:gpu --build-arg TF_VARIANT=gpu .   # + CUDA libraries (`.[gpu]` extra);
 #                                                     # run with the NVIDIA container toolkit
-ARG PYTHON_VERSION=3.11
+#   docker build --build-arg PYTHON_IMAGE=imgcls-base/python:3.11 .   # no registry: local base
+#                                                     # (deploy/local-bases/build.sh)
+# No `# syntax=` line: it makes BuildKit fetch its frontend from a registry; the built-in one
+# reads this file as well.
+ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- builder: the project and its dependencies in a venv -------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS builder
+FROM ${PYTHON_IMAGE} AS builder
 
 ARG TF_VARIANT=cpu
 ENV PIP_NO_CACHE_DIR=1 \
@@ -38,7 +40,7 @@ COPY service/ service/
 RUN pip install --no-deps --force-reinstall .
 
 # --- runtime: the venv and the code, nothing else ---------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 
 ARG APP_UID=10001
 LABEL org.opencontainers.image.title="imgcls" \

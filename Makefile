@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 MODEL_NAME ?= digits
 MODELS_DIR ?= models
 # Debian packages the test suite drives for real: Prometheus (promtool), docker-compose (config
-# validation), Chromium (the web page), wrk (the benchmark's load generator). Installed when
-# missing and we may (root); CI=true makes a missing one fail the tests instead of skipping them.
-SYSTEM_PACKAGES := prometheus docker-compose chromium wrk
+# validation and the stack run on a private engine), docker.io and debootstrap (that engine and
+# the local base images), Chromium (the web page), wrk (the benchmark's load generator).
+# Installed when missing and we may (root); CI=true makes a missing one fail the tests instead of
+# skipping them.
+SYSTEM_PACKAGES := prometheus docker-compose docker.io debootstrap chromium wrk
 
 .PHONY: run test test-fast install system-deps train lint bench clean loop-demo
 
@@ -26,6 +28,8 @@ system-deps:
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \

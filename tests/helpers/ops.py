@@ -32,7 +32,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 K8S = ROOT / "deploy" / "k8s"
 
-INSTALL_HINT = "apt-get install -y prometheus docker-compose"
+INSTALL_HINT = "apt-get install -y prometheus docker-compose docker.io debootstrap"
 
 #: Every series the service exports (DESIGN's table plus imgcls_model_ready, the serving.yaml
 #: gauges: version labels, their weights, the file's validity; and production feedback: labels
