@@ -233,6 +233,8 @@ def test_stop_drains_what_is_in_flight_exits_0_and_the_instance_down_alert_fires
                     timeout=httpx.Timeout(60, connect=5),
                 )
                 outcomes.append(str(answer.status_code))
+                if answer.status_code == 503:
+                    return  # "shutting down; retry on another replica": this client goes
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 # Not taken: the replica stopped listening (refused), or its container and
                 # address are gone (no answer to the connection attempt).
@@ -253,6 +255,8 @@ def test_stop_drains_what_is_in_flight_exits_0_and_the_instance_down_alert_fires
     for thread in threads:
         thread.join(120)
     assert outcomes.count("200") > 0
+    # Each client was told to leave (503, during IMGCLS_SHUTDOWN_DELAY_S) before the listener
+    # closed, or found it closed; none lost a request the replica had taken.
     assert not [o for o in outcomes if o.startswith("lost")], outcomes
     assert set(outcomes) <= {"200", "503", "refused"}, set(outcomes)
     for container in containers:
