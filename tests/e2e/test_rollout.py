@@ -40,7 +40,9 @@ from tests.helpers.servers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-STEP, MAX, INTERVAL_S, THRESHOLD, MIN_REQUESTS = 0.1, 0.5, 3, 2, 10
+#: Three failures to roll back, as the default: a good version may fail one noisy check in a
+#: 3 s interval on a busy runner (a p99 over 1.5x stable's on a few dozen requests) and hold.
+STEP, MAX, INTERVAL_S, THRESHOLD, MIN_REQUESTS = 0.1, 0.5, 3, 3, 10
 ROLLOUT = (
     f"{{step_weight: {STEP}, max_weight: {MAX}, interval_s: {INTERVAL_S}, "
     f"threshold: {THRESHOLD}, min_requests: {MIN_REQUESTS}}}"
@@ -198,7 +200,9 @@ def check_shares(clients: Clients, log: list[dict[str, Any]], replica: int | Non
     checked = 0
     for this, following in itertools.pairwise(log):
         canary, weight = this["canary"], this["weight"]
-        if canary is None:
+        # After a start the replicas may still be loading the canary (its share goes to
+        # stable meanwhile): only intervals after a step, when it has served, are compared.
+        if canary is None or this["decision"] != "step":
             continue
         window = clients.between(this["time"] + SETTLE_S, following["time"], replica)
         served = [a for a in window if a.status == 200]
@@ -273,7 +277,8 @@ def test_good_candidate_steps_up_and_is_promoted_without_a_failed_request(
     clients.stop()
 
     log = entries(rollout_repo)
-    decided = [e["decision"] for e in log if e["decision"] != "wait"]
+    # Holds (a noisy check) and waits keep the weight; it only ever goes up, step by step.
+    decided = [e["decision"] for e in log if e["decision"] not in ("wait", "hold")]
     assert decided == ["start", "step", "step", "step", "step", "promote", "retire"], log
     weights = [e["weight"] for e in log if e["decision"] in ("start", "step")]
     assert weights == [0.1, 0.2, 0.3, 0.4, 0.5]
@@ -336,7 +341,11 @@ def test_candidate_failing_live_is_rolled_back_and_stable_keeps_serving(
     clients.stop()
 
     log = entries(rollout_repo)
-    assert [e["decision"] for e in log if e["decision"] != "wait"] == ["start", "hold", "rollback"]
+    assert [e["decision"] for e in log if e["decision"] != "wait"] == [
+        "start",
+        *["hold"] * (THRESHOLD - 1),
+        "rollback",
+    ]
     assert {e["weight"] for e in log if e["decision"] in ("start", "hold")} == {STEP}
     assert rollback["rolled_back"] == {"2": rollback["reason"]}
     assert f"{THRESHOLD} failed checks" in rollback["reason"]
