@@ -181,11 +181,12 @@ class Controller:
         self._config_problem = None
         return config
 
-    def blessed_versions(self, model: str) -> frozenset[int]:
-        """Versions of ``model`` on disk whose metadata is readable and says blessed."""
+    def blessed_versions(self, model: str, on_disk: list[int]) -> frozenset[int]:
+        """Those of ``on_disk`` (``model``'s versions) whose metadata is readable and says
+        blessed."""
         model_dir = self.models_dir / model
         found = set()
-        for version in list_versions(model_dir):
+        for version in on_disk:
             path = model_dir / str(version) / "metadata.json"
             try:
                 stat = path.stat()
@@ -217,9 +218,6 @@ class Controller:
                 self.metrics.record_entry(entry)
                 self._tracked.pop(model, None)
         return touched
-
-    def view(self, model: str, config: ModelConfig) -> ModelView:
-        return view_of(config, self._last.get(model), self.blessed_versions(model))
 
     # --- one tick ------------------------------------------------------------------------
     def tick(self) -> list[tuple[str, Decision]]:
@@ -324,12 +322,13 @@ class Controller:
         now = self.clock()
         labels = labels_of(config)
         stable = labels[0]
-        if stable is not None and stable not in list_versions(self.models_dir / model):
+        on_disk = list_versions(self.models_dir / model)
+        if stable is not None and stable not in on_disk:
             self._problem(model, f"the stable label names version {stable}, which is not on disk")
             return None
         self._problem(model, None)
         tracked = self._track(model, labels, now)
-        view = self.view(model, config)
+        view = view_of(config, self._last.get(model), self.blessed_versions(model, on_disk))
         elapsed = now - tracked.interval_start
         traffic = None
         if view.canary is not None and not view.paused and elapsed >= policy.interval_s:

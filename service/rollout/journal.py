@@ -77,27 +77,21 @@ class Follower:
         self._offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()  # after the last newline: a line still being written
-        found = []
-        for raw in lines:
-            try:
-                entry = json.loads(raw)
-            except ValueError:
-                continue  # a torn line
-            if isinstance(entry, dict) and isinstance(entry.get("model"), str):
-                found.append(entry)
-        return found
+        return _parse(lines)
 
 
-def _parse(lines: list[bytes]) -> dict[str, dict[str, Any]]:
-    last: dict[str, dict[str, Any]] = {}
+def _parse(lines: list[bytes]) -> list[dict[str, Any]]:
+    """The entries of ``lines``, in order; a torn line (a crash mid-write, or one cut by a
+    tail read) and anything that is not an entry of a model are skipped."""
+    found = []
     for raw in lines:
         try:
             entry = json.loads(raw)
         except ValueError:
-            continue  # a torn line (crash mid-write) or one cut by the tail read
+            continue
         if isinstance(entry, dict) and isinstance(entry.get("model"), str):
-            last[entry["model"]] = entry
-    return last
+            found.append(entry)
+    return found
 
 
 def last_entries(path: Path, *, tail_bytes: int | None = None) -> dict[str, dict[str, Any]]:
@@ -114,7 +108,7 @@ def last_entries(path: Path, *, tail_bytes: int | None = None) -> dict[str, dict
     except OSError as exc:
         logger.warning("cannot read %s: %s", path, exc)
         return {}
-    return _parse(data.splitlines())
+    return {entry["model"]: entry for entry in _parse(data.splitlines())}
 
 
 def entries(path: Path, model: str | None = None) -> list[dict[str, Any]]:
@@ -123,12 +117,4 @@ def entries(path: Path, model: str | None = None) -> list[dict[str, Any]]:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:
         return []
-    found = []
-    for raw in lines:
-        try:
-            entry = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and (model is None or entry.get("model") == model):
-            found.append(entry)
-    return found
+    return [entry for entry in _parse(lines) if model is None or entry["model"] == model]

@@ -44,17 +44,7 @@ class Engine:
         self, *args: str, timeout: float = 600, check: bool = True, **extra_env: str
     ) -> subprocess.CompletedProcess[str]:
         """``docker ARGS`` against this engine."""
-        done = subprocess.run(
-            [docker_cli(), *args],
-            env=self.env(**extra_env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and done.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: {done.stderr[-3000:]}")
-        return done
+        return _run([docker_cli(), *args], self.env(**extra_env), timeout, check)
 
     def inspect(self, name: str) -> dict[str, Any]:
         data: list[dict[str, Any]] = json.loads(self.run("inspect", name).stdout)
@@ -62,6 +52,19 @@ class Engine:
 
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+
+def _run(
+    argv: list[str], env: dict[str, str], timeout: float, check: bool
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``; with ``check``, a failure raises with the command and its stderr."""
+    done = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and done.returncode != 0:
+        command = " ".join([Path(argv[0]).name, *argv[1:]])
+        raise AssertionError(f"{command}:\n{done.stderr[-4000:]}")
+    return done
 
 
 def docker_cli() -> str:
@@ -176,7 +179,7 @@ class Stack:
     ) -> subprocess.CompletedProcess[str]:
         compose = shutil.which("docker-compose")
         assert compose is not None, "docker-compose not found"
-        done = subprocess.run(
+        return _run(
             [
                 compose,
                 "--project-name",
@@ -187,7 +190,7 @@ class Stack:
                 str(ROOT / "docker-compose.yml"),
                 *args,
             ],
-            env=self.engine.env(
+            self.engine.env(
                 PYTHON_IMAGE=PYTHON_IMAGE,
                 PROMETHEUS_IMAGE=PROMETHEUS_IMAGE,
                 IMGCLS_IMAGE_TAG=PROJECT_IMAGE_TAG,
@@ -196,14 +199,9 @@ class Stack:
                 GRAFANA_ADMIN_PASSWORD="not-started-here",
                 IMGCLS_POLL_INTERVAL_S="1",
             ),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            timeout,
+            check,
         )
-        if check and done.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)}:\n{done.stderr[-4000:]}")
-        return done
 
     def containers(self, service: str) -> list[str]:
         return self.compose("ps", "-q", service).stdout.split()
