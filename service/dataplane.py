@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 from starlette.requests import Request
@@ -20,7 +21,7 @@ from service.http.disconnect import unless_disconnected
 from service.http.middleware import SCOPE_MODEL_KEY, request_id_of
 from service.protocols.tensors import ImagesInput
 from service.serving.decode_step import Upload, decode_all
-from service.serving.errors import InvalidInput, PayloadTooLarge, ShuttingDown
+from service.serving.errors import DeadlineExceeded, InvalidInput, PayloadTooLarge, ShuttingDown
 from service.serving.inference import Prediction, classify
 from service.serving.model_store import LoadedModel
 from service.serving.repository import ServedModel
@@ -31,6 +32,26 @@ DEFAULT_TOP_K = 5
 
 #: What arrived for one image: its encoded bytes, or the pixel array a tensor protocol sent.
 Arrived = bytes | np.ndarray
+
+T = TypeVar("T")
+
+
+class Call(Protocol):
+    """One inference call of a front end that is not an HTTP route (the gRPC server): what the
+    data plane needs of it besides the images."""
+
+    @property
+    def request_id(self) -> str:
+        """The call's id (the client's when sane, else a new one)."""
+
+    def record_model(self, model: LoadedModel) -> None:
+        """Label the call's metrics with the version that serves it."""
+
+    def time_left_s(self) -> float | None:
+        """Seconds left before the client's own deadline; None when it set none."""
+
+    async def unless_gone(self, work: Awaitable[T]) -> T:
+        """Await ``work``; cancelled (its queued images dropped) when the client leaves."""
 
 
 def choose_model(
@@ -48,9 +69,12 @@ def choose_model(
     return state.repository.resolve(name, version=version, label=label, split=split)
 
 
-def record_model(request: Request, model: LoadedModel) -> None:
+def record_model(request: Request | Call, model: LoadedModel) -> None:
     """Label this request's metrics with the version that serves it."""
-    request.scope[SCOPE_MODEL_KEY] = (model.name, str(model.version))
+    if isinstance(request, Request):
+        request.scope[SCOPE_MODEL_KEY] = (model.name, str(model.version))
+    else:
+        request.record_model(model)
 
 
 async def decode_uploads(
@@ -68,7 +92,7 @@ async def decode_uploads(
 
 
 async def predict(
-    request: Request,
+    request: Request | Call,
     state: ServiceState,
     served: ServedModel,
     model: LoadedModel,
@@ -79,7 +103,8 @@ async def predict(
     disconnects while queued frees its queue slots instead of being computed.
 
     ``arrived``: what the client sent for each image, offered to capture (at the model's
-    capture rate); None for inputs that must not be captured."""
+    capture rate); None for inputs that must not be captured. ``request``: an HTTP route's
+    request, or another front end's :class:`Call`."""
     record_model(request, model)
     if len(images) > served.limits.max_queue_size:
         raise PayloadTooLarge(
@@ -87,16 +112,22 @@ async def predict(
             f"({served.limits.max_queue_size} images): send fewer per request, or raise "
             "IMGCLS_MAX_QUEUE_SIZE (or the model's limits.max_queue_size in serving.yaml)"
         )
-    predictions = await unless_disconnected(
-        request.receive,
-        classify(
-            served.batcher,
-            model,
-            images,
-            timeout_s=served.limits.request_timeout_s,
-        ),
-        scope=request.scope,
-    )
+    timeout_s = served.limits.request_timeout_s
+    if isinstance(request, Request):
+        predictions = await unless_disconnected(
+            request.receive,
+            classify(served.batcher, model, images, timeout_s=timeout_s),
+            scope=request.scope,
+        )
+    else:
+        left_s = request.time_left_s()
+        if left_s is not None:
+            if left_s <= 0:
+                raise DeadlineExceeded("the call's deadline passed before its images were queued")
+            timeout_s = min(timeout_s, left_s)  # past the client's deadline nothing is computed
+        predictions = await request.unless_gone(
+            classify(served.batcher, model, images, timeout_s=timeout_s)
+        )
     class_names = model.metadata.class_names
     top = [int(np.argmax(p.probabilities)) for p in predictions]
     confidences = [float(p.probabilities[i]) for p, i in zip(predictions, top, strict=True)]
@@ -122,7 +153,7 @@ def capture_rate(state: ServiceState, served: ServedModel) -> float:
 
 def _capture(
     state: ServiceState,
-    request: Request,
+    request: Request | Call,
     model: LoadedModel,
     predictions: Sequence[Prediction],
     arrived: Sequence[Arrived],
@@ -130,7 +161,7 @@ def _capture(
 ) -> None:
     """Offer each sampled input to the capture writer (a queue put: never waits)."""
     now = time.time()
-    ids = prediction_ids(request_id_of(request.scope), len(predictions))
+    ids = prediction_ids(_request_id(request), len(predictions))
     for prediction_id, prediction, data in zip(ids, predictions, arrived, strict=True):
         if rate < 1.0 and random.random() >= rate:
             continue
@@ -147,9 +178,13 @@ def _capture(
         )
 
 
-def answer_ids(request: Request, count: int) -> tuple[str, list[str]]:
+def _request_id(request: Request | Call) -> str:
+    return request_id_of(request.scope) if isinstance(request, Request) else request.request_id
+
+
+def answer_ids(request: Request | Call, count: int) -> tuple[str, list[str]]:
     """The request's id and its ``count`` prediction ids (what feedback quotes back)."""
-    request_id = request_id_of(request.scope)
+    request_id = _request_id(request)
     return request_id, prediction_ids(request_id, count)
 
 

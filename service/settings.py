@@ -99,7 +99,16 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After header on 503")
 
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="per request body")
-    max_images_per_request: int = Field(default=16, ge=1, le=1024)
+    max_images_per_request: int = Field(
+        default=16, ge=1, le=1024, description="images per native /predict request (multipart)"
+    )
+    max_tensor_images: int | None = Field(
+        default=None,
+        ge=1,
+        description="images per V2 or TF Serving request (REST and gRPC); unset: the model's "
+        "queue size (MAX_QUEUE_SIZE): a request larger than MAX_BATCH_SIZE is split across "
+        "model calls and answered whole",
+    )
     max_pixels: int = Field(default=40_000_000, ge=1, description="width*height, before decoding")
     max_top_k: int = Field(default=100, ge=1)
     decode_threads: int = Field(default=2, ge=1, le=64, description="threads decoding uploads")
@@ -167,6 +176,16 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="serve /metrics apart"
     )
+    grpc_port: int | None = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="gRPC (Open Inference Protocol V2 and TF Serving's PredictionService) on "
+        "this port, beside HTTP; empty: off",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=128, ge=1, le=65536, description="gRPC calls in flight per connection"
+    )
     shutdown_grace_s: float = Field(default=20.0, gt=0, description="drain time on SIGTERM")
     shutdown_delay_s: float = Field(
         default=0.0,
@@ -189,6 +208,14 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=1024, ge=1, description="open connections per process; beyond it 503 and close"
     )
+
+    @field_validator("grpc_port", "metrics_port", "max_tensor_images", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """``IMGCLS_GRPC_PORT=`` (empty) turns the setting off."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -247,6 +274,10 @@ class Settings(BaseSettings):
                 f"{env_name('shutdown_delay_s')} or raise {env_name('shutdown_grace_s')}"
             )
         return self
+
+    def tensor_images_limit(self, queue_size: int) -> int:
+        """Images one V2 or TF Serving request may carry, for a model queueing ``queue_size``."""
+        return self.max_tensor_images if self.max_tensor_images is not None else queue_size
 
     @property
     def model_dir(self) -> Path:

@@ -38,13 +38,18 @@ def bad_input(message: str) -> InvalidInput:
     return InvalidInput(message)
 
 
+#: The setting that bounds the images of one tensor-protocol request (V2, TF Serving).
+TENSOR_LIMIT_SETTING = "IMGCLS_MAX_TENSOR_IMAGES"
+
+
 def check_count(count: int, max_images: int) -> None:
+    """At least one image, at most ``max_images`` (:data:`TENSOR_LIMIT_SETTING`)."""
     if count == 0:
         raise bad_input("no images in the request: send at least one")
     if count > max_images:
         raise bad_input(
-            f"{count} images in one request; this service takes at most {max_images} "
-            "(the IMGCLS_MAX_IMAGES_PER_REQUEST setting raises it)"
+            f"{count} images in one request; this model takes at most {max_images} per request "
+            f"(its queue size; {TENSOR_LIMIT_SETTING} sets another limit): send fewer per request"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,8 +119,50 @@ def _shape(tensor: dict[str, Any]) -> list[int]:
 def _tensor_images(
     tensor: dict[str, Any], binary: bytes | None, max_images: int, max_pixels: int
 ) -> ImagesInput:
-    name, datatype = tensor.get("name"), tensor.get("datatype")
-    shape = _shape(tensor)
+    """A JSON input tensor (with its binary data, if the binary extension carries it)."""
+
+    def json_values(count: int) -> object:
+        if tensor.get("datatype") == "BYTES":
+            return _json_bytes(tensor, count)
+        values = tensor.get("data")
+        if not isinstance(values, list):
+            raise bad_input("inputs[0].data must be a list of pixel values (or use binary data)")
+        return values
+
+    return tensor_images(
+        tensor.get("name"),
+        tensor.get("datatype"),
+        _shape(tensor),
+        raw=binary,
+        typed=json_values,
+        max_images=max_images,
+        max_pixels=max_pixels,
+    )
+
+
+def tensor_images(
+    name: object,
+    datatype: object,
+    shape: list[int],
+    *,
+    raw: bytes | None,
+    typed: Callable[[int], object],
+    max_images: int,
+    max_pixels: int,
+    raw_name: str = "binary data",
+) -> ImagesInput:
+    """One V2 input tensor -> the request's images, for every transport alike.
+
+    Args:
+        name, datatype, shape: As the request declares them (checked here).
+        raw: The tensor's bytes when they come apart from the header (REST's binary extension,
+            gRPC's ``raw_input_contents``): little-endian values, or length-prefixed BYTES
+            elements. None: the values are typed.
+        typed: Given the element count, the typed values: pixel values (a list or an array) for
+            FP32/UINT8, the encoded images (a list of bytes) for BYTES.
+        max_images: Images one request may carry; max_pixels: pixels per image.
+        raw_name: What the messages call ``raw`` (gRPC: ``raw_input_contents[0]``).
+    """
     if datatype in PIXEL_DTYPES:
         if name != SERVE_INPUT_NAME:
             raise bad_input(
@@ -128,19 +170,17 @@ def _tensor_images(
             )
         count = math.prod(shape)  # exact: np.prod wraps around
         dtype = PIXEL_DTYPES[datatype]
-        if binary is not None:
-            if len(binary) != count * dtype.itemsize:
+        if shape and shape[0] > max_images:
+            check_count(shape[0], max_images)  # before touching a value of a huge tensor
+        if raw is not None:
+            if len(raw) != count * dtype.itemsize:
                 raise bad_input(
                     f"shape {shape} of {datatype} needs {count * dtype.itemsize} bytes of "
-                    f"binary data, got {len(binary)}"
+                    f"{raw_name}, got {len(raw)}"
                 )
-            values: object = np.frombuffer(binary, dtype=dtype)
+            values: object = np.frombuffer(raw, dtype=dtype)
         else:
-            values = tensor.get("data")
-            if not isinstance(values, list):
-                raise bad_input(
-                    "inputs[0].data must be a list of pixel values (or use binary data)"
-                )
+            values = typed(count)
         return ImagesInput(
             pixels=pixel_batch(
                 values, what="inputs[0]", max_images=max_images, max_pixels=max_pixels, shape=shape
@@ -155,7 +195,8 @@ def _tensor_images(
             raise bad_input(f"{BYTES_INPUT_NAME!r} has shape [N] (or [N, 1]), got {shape}")
         count = shape[0]
         check_count(count, max_images)
-        blobs = _bytes_elements(binary, count) if binary is not None else _json_bytes(tensor, count)
+        blobs = _bytes_elements(raw, count) if raw is not None else typed(count)
+        assert isinstance(blobs, list)
         return ImagesInput(encoded=[Upload(f"image-{i + 1}", blob) for i, blob in enumerate(blobs)])
     raise bad_input(
         f"datatype {str(datatype)[:20]!r} is not taken: send FP32 (or UINT8) pixels as "

@@ -33,7 +33,7 @@ async def _predict(
     body = parse_json(await read_protocol_body(request, state.upload_limits))
     images_input, columnar = tfserving.parse_predict(
         body,
-        max_images=state.settings.max_images_per_request,
+        max_images=state.settings.tensor_images_limit(served.limits.max_queue_size),
         max_pixels=state.settings.max_pixels,
     )
     images = await dataplane.tensor_images(state, images_input, model)

@@ -89,7 +89,7 @@ async def _infer(
     infer_request = v2.parse_infer(
         parse_json(json_part),
         binary,
-        max_images=state.settings.max_images_per_request,
+        max_images=state.settings.tensor_images_limit(served.limits.max_queue_size),
         max_pixels=state.settings.max_pixels,
     )
     images = await dataplane.tensor_images(state, infer_request.images, model)
