@@ -9,8 +9,12 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import loadgen
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def digit_png() -> bytes:
@@ -23,6 +27,18 @@ def digit_png() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(images[labels == 7][0]).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def digit_tensor() -> np.ndarray:
+    """The same digit as a V2 ``images`` tensor: UINT8 [1, 28, 28, 3] (grey repeated into RGB,
+    as a client of the Open Inference Protocol sends an image)."""
+    import numpy as np
+
+    from training.data import digit_images
+
+    images, labels = digit_images()
+    grey = images[labels == 7][0]
+    return np.repeat(grey[None, :, :, None], 3, axis=-1).astype(np.uint8)
 
 
 def write_scripts(folder: Path, png: bytes, counts: Iterable[int]) -> dict[int, Path]:

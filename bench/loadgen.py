@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -130,6 +131,24 @@ def write_rotating_script(
     return script
 
 
+def write_body_script(directory: Path, body: bytes, name: str, headers: dict[str, str]) -> Path:
+    """Write ``body`` and a Lua script that POSTs it as is with ``headers`` (e.g. a V2 infer
+    request: ``Content-Type``, ``Inference-Header-Content-Length``); return the script's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    body_path = directory / f"{name}.body"
+    body_path.write_bytes(body)
+    lines = [
+        f'local f = assert(io.open({json.dumps(str(body_path))}, "rb"))',
+        'wrk.body = f:read("*a")',
+        "f:close()",
+        'wrk.method = "POST"',
+        *(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()),
+    ]
+    script = directory / f"{name}.lua"
+    script.write_text("\n".join(lines) + "\n\n" + _LUA_DONE.format(prefix=RESULT_PREFIX))
+    return script
+
+
 @dataclass
 class LevelResult:
     """One load level. Latencies in milliseconds, rates per second, CPU in core-seconds."""
@@ -163,6 +182,28 @@ class LevelResult:
 def _pin(cpu: int | None) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+
+
+def run_pinned(command: list[str], cpu: int | None) -> tuple[str, resource.struct_rusage]:
+    """Run a load generator pinned to ``cpu``: its output (stdout and stderr) and its own
+    resource usage (from ``wait4``: its CPU time, apart from this process's); a non-zero exit
+    raises :class:`LoadgenError`."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: _pin(cpu),
+    )
+    assert process.stdout is not None
+    with process.stdout:
+        output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        name = Path(command[0]).name
+        raise LoadgenError(f"{name} exited with {process.returncode}:\n{output[-2000:]}")
+    return output, usage
 
 
 def run_wrk(
@@ -199,20 +240,7 @@ def run_wrk(
         str(script),
         url,
     ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=lambda: _pin(cpu),
-    )
-    assert process.stdout is not None
-    with process.stdout:
-        output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise LoadgenError(f"wrk exited with {process.returncode}:\n{output[-2000:]}")
+    output, usage = run_pinned(command, cpu)
     lines = [line for line in output.splitlines() if line.startswith(RESULT_PREFIX)]
     if not lines:
         raise LoadgenError(f"wrk printed no result:\n{output[-2000:]}")

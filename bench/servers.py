@@ -131,6 +131,9 @@ def spawn(
         "IMGCLS_HOST": "127.0.0.1",
         "IMGCLS_PORT": str(port),
         "IMGCLS_LOG_LEVEL": "warning",
+        # gRPC's default port (8001) is one for the whole machine: two services (or a service
+        # and anything else on it) would collide; a run that measures gRPC passes its own port
+        "IMGCLS_GRPC_PORT": "",
         **(env or {}),
     }
     log_dir.mkdir(parents=True, exist_ok=True)
