@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 COUNT = 8  # held-out digits sent through every protocol
 TOLERANCE = 1e-6
+MAX_BATCH_SIZE, MAX_QUEUE_SIZE = 32, 256  # the defaults the module's server runs with
 SERVING_YAML = """\
 models:
   digits:
@@ -391,9 +392,9 @@ def test_tfserving_metadata(http: httpx.Client) -> None:
         (
             "POST",
             "/v1/models/digits:predict",
-            {"instances": [{"b64": "aGk="}] * 17},
+            {"instances": [{"b64": "aGk="}] * (MAX_QUEUE_SIZE + 1)},
             400,
-            ["at most 16"],
+            [f"at most {MAX_QUEUE_SIZE} per request", "IMGCLS_MAX_TENSOR_IMAGES"],
         ),
     ],
     ids=[

@@ -11,7 +11,7 @@ BODY_TIMEOUT_S = 1.5
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONNECTIONS = 64
 MAX_UPLOAD_BYTES = 1024 * 1024
-MAX_IMAGES = 8
+MAX_IMAGES = 8  # per native /predict request, and per V2 or TF Serving request
 
 #: ``start_server`` settings of that service.
 HOSTILE_SETTINGS = {
@@ -22,5 +22,6 @@ HOSTILE_SETTINGS = {
     "max_connections": str(MAX_CONNECTIONS),
     "max_upload_bytes": str(MAX_UPLOAD_BYTES),
     "max_images_per_request": str(MAX_IMAGES),
+    "max_tensor_images": str(MAX_IMAGES),
     "decode_threads": "1",
 }

@@ -105,7 +105,8 @@ JSON_CASES: list[tuple[str, bytes, int, str]] = [
     ),
     (
         V2_INFER,
-        b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [2147483647, 2147483647,'
+        # One image (a count within the limit) whose pixels could never fit in memory.
+        b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 2147483647,'
         b' 2147483647, 3], "data": [0]}]}',
         400,
         "needs",
