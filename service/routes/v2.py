@@ -1,6 +1,8 @@
-"""The Open Inference Protocol V2 (KServe V2 / Triton) over REST: server and model health and
-metadata, and ``/v2/models/{name}[/versions/{v}]/infer`` with JSON or binary tensors. Same
-batcher, limits, metrics and API keys as ``/predict``; wire format in ``service.protocols.v2``.
+"""The Open Inference Protocol V2 (KServe V2 / Triton) over REST: server and model health,
+metadata and configuration, ``/v2/models/{name}[/versions/{v}]/infer`` with JSON or binary
+tensors (gzip or deflate compressed bodies too), and Triton's model repository extension. Same
+batcher, limits, metrics and API keys as ``/predict``; wire format in ``service.protocols.v2``
+and ``service.protocols.v2_repository``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from service import dataplane
 from service.deps import State
 from service.http.auth import check_api_key
-from service.protocols import v2
+from service.protocols import v2, v2_repository
 from service.protocols.body import parse_json, read_protocol_body
 from service.state import ServiceState
 
@@ -56,6 +58,28 @@ async def model_metadata(name: str, state: State) -> dict[str, Any]:
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
 async def version_metadata(name: str, version: str, state: State) -> dict[str, Any]:
     return _metadata(state, name, version)
+
+
+def _config(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
+    # Unpinned: the version unpinned requests get, never a canary's share (split=False).
+    served, model = dataplane.choose_model(state, name, version=version, split=False)
+    return v2_repository.model_config(
+        name,
+        model,
+        served.limits,
+        served.config.version_policy,
+        max_images=state.settings.tensor_images_limit(served.limits.max_queue_size),
+    )
+
+
+@router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")
+async def model_config(name: str, state: State) -> dict[str, Any]:
+    return _config(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/config", summary="Configuration of one version")
+async def version_config(name: str, version: str, state: State) -> dict[str, Any]:
+    return _config(state, name, version)
 
 
 def _ready(state: ServiceState, name: str, version: str | None) -> JSONResponse:
@@ -118,3 +142,42 @@ async def infer(name: str, request: Request, state: State) -> Response:
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
 async def infer_version(name: str, version: str, request: Request, state: State) -> Response:
     return await _infer(request, state, name, version)
+
+
+# --- Triton's model repository extension ------------------------------------------------------
+
+
+@router.post("/repository/index", summary="Every model and managed version, with its state")
+async def repository_index(request: Request, state: State) -> list[dict[str, str]]:
+    body = await read_protocol_body(request, state.upload_limits)
+    ready_only = v2_repository.parse_index_request(parse_json(body) if body.strip() else None)
+    repository = state.repository
+    return v2_repository.repository_index(
+        {name: repository.models[name].store.statuses() for name in repository.names()},
+        ready_only=ready_only,
+    )
+
+
+def _model_control_refused(state: ServiceState, name: str, action: str) -> Exception:
+    settings = state.settings
+    return v2_repository.model_control_refused(
+        action, name, settings.models_dir, settings.poll_interval_s
+    )
+
+
+@router.post(
+    "/repository/models/{name}/load",
+    summary="Refused: models are loaded from the repository folder (Triton's poll mode)",
+    responses={400: {"description": "explicit model control is off; the answer says why"}},
+)
+async def load(name: str, state: State) -> JSONResponse:
+    raise _model_control_refused(state, name, "load")
+
+
+@router.post(
+    "/repository/models/{name}/unload",
+    summary="Refused: versions are unloaded by editing serving.yaml (Triton's poll mode)",
+    responses={400: {"description": "explicit model control is off; the answer says why"}},
+)
+async def unload(name: str, state: State) -> JSONResponse:
+    raise _model_control_refused(state, name, "unload")

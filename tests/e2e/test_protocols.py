@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 COUNT = 8  # held-out digits sent through every protocol
 TOLERANCE = 1e-6
+MANY = 200  # images of one request: more than a model call's batch, fewer than the queue
 MAX_BATCH_SIZE, MAX_QUEUE_SIZE = 32, 256  # the defaults the module's server runs with
 SERVING_YAML = """\
 models:
@@ -274,6 +275,110 @@ def test_triton_wrong_datatype_shape_or_byte_count_is_a_400(
     not_images.set_data_from_numpy(np.array([b"hello, not an image"], dtype=np.object_))
     error = triton_error(lambda: triton_client.infer("digits", [not_images]))
     assert error.status() == "415"
+
+
+# --- tritonclient.http: model configuration, repository extension, compression ---------------
+
+
+def test_triton_model_config(triton_client: triton.InferenceServerClient) -> None:
+    config = triton_client.get_model_config("digits")
+    assert config["name"] == "digits" and config["platform"] == "tensorflow_savedmodel"
+    # Images one request may carry: IMGCLS_MAX_TENSOR_IMAGES, by default the queue size.
+    assert config["max_batch_size"] == MAX_QUEUE_SIZE
+    assert config["version_policy"] == {"all": {}}  # SERVING_YAML's
+    assert {i["name"]: (i["data_type"], i["dims"]) for i in config["input"]} == {
+        "images": ("TYPE_FP32", [-1, -1, 3]),
+        "image_bytes": ("TYPE_STRING", [1]),
+    }
+    assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [MAX_BATCH_SIZE]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
+    assert triton_client.get_model_config("digits", "2")["output"] == config["output"]
+
+    error = triton_error(lambda: triton_client.get_model_config("cats"))
+    assert error.status() == "404" and "'digits'" in error.message()
+    error = triton_error(lambda: triton_client.get_model_config("digits", "9"))
+    assert error.status() == "404" and "served: 2, 1" in error.message()
+
+
+def test_triton_repository_index(
+    triton_client: triton.InferenceServerClient, http: httpx.Client
+) -> None:
+    index = [
+        {"name": "digits", "version": "1", "state": "READY"},
+        {"name": "digits", "version": "2", "state": "READY"},
+    ]
+    assert triton_client.get_model_repository_index() == index
+    assert http.post("/v2/repository/index", json={"ready": True}).json() == index
+    refused = http.post("/v2/repository/index", json={"ready": "yes"})
+    assert refused.status_code == 400 and "true or false" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("action", ["load", "unload"])
+def test_triton_model_control_is_refused_saying_how_models_are_managed(
+    triton_client: triton.InferenceServerClient, protocol_repo: Path, action: str
+) -> None:
+    call = triton_client.load_model if action == "load" else triton_client.unload_model
+    error = triton_error(lambda: call("digits"))
+    assert error.status() == "400"
+    message = error.message()
+    assert message.startswith("explicit model load / unload is not allowed if polling is enabled")
+    assert "IMGCLS_MODELS_DIR" in message and str(protocol_repo / "serving.yaml") in message
+    assert triton_client.is_model_ready("digits")  # nothing was unloaded
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary_input", [True, False], ids=["binary-in", "json-in"])
+def test_triton_compressed_requests_match_predict(
+    triton_client: triton.InferenceServerClient,
+    digits: Digits,
+    compression: str,
+    binary_input: bool,
+) -> None:
+    images = triton.InferInput("images", list(digits.rgb.shape), "FP32")
+    images.set_data_from_numpy(digits.rgb, binary_data=binary_input)
+    result = triton_client.infer("digits", [images], request_compression_algorithm=compression)
+    assert_same_probabilities(result.as_numpy("probabilities"), digits)
+
+    pngs = triton.InferInput("image_bytes", [COUNT], "BYTES")
+    pngs.set_data_from_numpy(np.array(digits.pngs, dtype=np.object_), binary_data=True)
+    result = triton_client.infer("digits", [pngs], request_compression_algorithm=compression)
+    assert_same_probabilities(result.as_numpy("probabilities"), digits)
+
+
+@pytest.fixture(scope="module")
+def many_single(triton_client: triton.InferenceServerClient) -> tuple[np.ndarray, np.ndarray]:
+    """MANY held-out digits (N, 28, 28, 3) uint8, and the probabilities of each sent alone."""
+    images = load_digits_data(0.1).test.images[:MANY]
+    assert images.shape == (MANY, 28, 28, 3)
+    rows = []
+    for image in images:
+        one = triton.InferInput("images", [1, 28, 28, 3], "FP32")
+        one.set_data_from_numpy(image[None].astype(np.float32), binary_data=True)
+        rows.append(triton_client.infer("digits", [one]).as_numpy("probabilities")[0])
+    return images, np.stack(rows)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "binary_input"),
+    [("UINT8", True), ("FP32", True), ("UINT8", False), ("FP32", False)],
+    ids=["uint8-binary", "fp32-binary", "uint8-json", "fp32-json"],
+)
+def test_triton_request_of_more_images_than_a_batch_matches_single_requests(
+    triton_client: triton.InferenceServerClient,
+    many_single: tuple[np.ndarray, np.ndarray],
+    datatype: str,
+    binary_input: bool,
+) -> None:
+    # 200 images in one request: split across model calls of MAX_BATCH_SIZE, answered whole.
+    images, single = many_single
+    tensor = triton.InferInput("images", list(images.shape), datatype)
+    values = images if datatype == "UINT8" else images.astype(np.float32)
+    tensor.set_data_from_numpy(values, binary_data=binary_input)
+    result = triton_client.infer("digits", [tensor])
+    probabilities = result.as_numpy("probabilities")
+    assert probabilities is not None and probabilities.shape == (MANY, 10)
+    np.testing.assert_allclose(probabilities, single, rtol=0, atol=1e-5)
 
 
 # --- TensorFlow Serving REST ------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Malformed and hostile bodies on the TF Serving (``/v1``) and Open Inference V2 (``/v2``)
-routes: every one is a 4xx ``{"error": "..."}`` saying what to fix (never a 5xx), and the server
-keeps classifying. The shared hostile server has a 1 MiB body limit and 8 images per request.
+routes, compression bombs and corrupt gzip or deflate streams included: every one is a 4xx
+``{"error": "..."}`` saying what to fix (never a 5xx), and the server keeps classifying. The
+shared hostile server has a 1 MiB body limit and 8 images per request.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import struct
+import zlib
 
 import httpx
 import pytest
@@ -306,13 +309,120 @@ def test_lying_binary_tensors_are_400_errors(
     assert_error(send(hostile_server, V2_INFER, body, headers), status, words)
 
 
+def assert_still_serving(server: Server) -> None:
+    """A good V2 request right after: answered 200 with one image's probabilities."""
+    body, headers = v2_binary(bytes_input(1, len(FRAMED)), FRAMED)
+    response = send(server, V2_INFER, body, headers)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["model_name"] == "digits"
+    assert answer["outputs"][0]["shape"] == [1, 10]
+
+
 @pytest.mark.parametrize("path", [TF_PREDICT, V2_INFER])
-def test_oversized_and_compressed_bodies_are_refused(hostile_server: Server, path: str) -> None:
+def test_oversized_and_unknown_encoded_bodies_are_refused(
+    hostile_server: Server, path: str
+) -> None:
     big = b'{"instances": [' + b"0," * MAX_UPLOAD_BYTES + b"0]}"
     assert_error(send(hostile_server, path, big), 413)
+    for encoding in ("br", "zstd", "gzip, gzip", "compress"):
+        assert_error(
+            send(hostile_server, path, b"\x1f\x8b\x08", {"Content-Encoding": encoding}),
+            415,
+            "is not accepted",
+            "gzip, deflate or identity",
+        )
+
+
+#: 10 MB of zeros: ~10 KB gzip-compressed, ten times the hostile server's body limit inflated.
+BOMB_BYTES = 10 * 1000 * 1000
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("path", [TF_PREDICT, V2_INFER])
+def test_a_compression_bomb_is_a_413_naming_the_limit(
+    hostile_server: Server, path: str, encoding: str
+) -> None:
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    bomb = compress(b"\0" * BOMB_BYTES, 9)
+    assert len(bomb) < 20_000
     assert_error(
-        send(hostile_server, path, b"\x1f\x8b\x08", {"Content-Encoding": "gzip"}), 415, "gzip"
+        send(hostile_server, path, bomb, {"Content-Encoding": encoding}),
+        413,
+        f"inflates past the limit of {MAX_UPLOAD_BYTES} bytes",
+        "IMGCLS_MAX_UPLOAD_BYTES",
     )
+    assert_still_serving(hostile_server)
+
+
+GOOD_JSON = json.dumps(
+    {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": [PNG_B64]}]}
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "words"),
+    [
+        ("gzip", gzip.compress(GOOD_JSON)[:-12], "ends before the compressed stream does"),
+        ("gzip", b"\x1f\x8b\x08", "ends before the compressed stream does"),
+        ("gzip", GOOD_JSON, "not a valid gzip stream"),  # says gzip, is not
+        ("gzip", gzip.compress(GOOD_JSON) + b"junk", "not a valid gzip stream"),
+        ("deflate", zlib.compress(GOOD_JSON)[:-4] + b"\0\0\0\0", "not a valid deflate stream"),
+        ("deflate", zlib.compress(GOOD_JSON)[: len(GOOD_JSON) // 4], "ends before"),
+    ],
+    ids=[
+        "gzip-truncated",
+        "gzip-header-only",
+        "gzip-not-compressed",
+        "gzip-trailing-junk",
+        "deflate-bad-checksum",
+        "deflate-truncated",
+    ],
+)
+def test_corrupt_or_truncated_compressed_bodies_are_400(
+    hostile_server: Server, encoding: str, body: bytes, words: str
+) -> None:
+    assert_error(send(hostile_server, V2_INFER, body, {"Content-Encoding": encoding}), 400, words)
+    assert_still_serving(hostile_server)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_good_compressed_body_is_answered(hostile_server: Server, encoding: str) -> None:
+    compress = gzip.compress if encoding == "gzip" else zlib.compress
+    response = send(hostile_server, V2_INFER, compress(GOOD_JSON), {"Content-Encoding": encoding})
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["shape"] == [1, 10]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"", 200, ""),
+        (b'{"ready": true}', 200, ""),
+        (b"[1, 2", 400, "not valid JSON"),
+        (b"[]", 400, "JSON object"),
+        (b'{"ready": 1}', 400, "true or false"),
+    ],
+    ids=["empty", "ready", "not-json", "a-list", "ready-not-bool"],
+)
+def test_repository_index_bodies(
+    hostile_server: Server, body: bytes, status: int, words: str
+) -> None:
+    response = send(hostile_server, "/v2/repository/index", body)
+    if status == 200:
+        assert response.status_code == 200, response.text
+        assert {"name": "digits", "version": "1", "state": "READY"} in response.json()
+    else:
+        assert_error(response, status, words)
+
+
+@pytest.mark.parametrize("action", ["load", "unload"])
+@pytest.mark.parametrize("model", ["digits", "nope", "x" * 2000])
+def test_model_control_is_a_400_for_any_model(
+    hostile_server: Server, action: str, model: str
+) -> None:
+    path = f"/v2/repository/models/{model}/{action}"
+    assert_error(send(hostile_server, path, b"{}"), 400, "not allowed if polling is enabled")
 
 
 @pytest.mark.parametrize(
@@ -334,8 +444,8 @@ def test_unknown_models_and_versions_are_404_errors(
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("POST", "/v2/repository/index", 404),  # tritonclient.get_model_repository_index()
-        ("POST", "/v2/repository/models/digits/load", 404),  # tritonclient.load_model()
+        ("GET", "/v2/repository/index", 405),
+        ("POST", "/v2/repository/models/digits/reload", 404),
         ("GET", "/v2/models/digits/infer", 405),
         ("DELETE", "/v1/models/digits", 405),
     ],
@@ -349,9 +459,4 @@ def test_unknown_protocol_routes_answer_in_the_protocol_error_shape(
 
 def test_the_server_is_healthy_after_all_that(hostile_server: Server) -> None:
     assert healthy(hostile_server)
-    body, headers = v2_binary(bytes_input(1, len(FRAMED)), FRAMED)
-    response = send(hostile_server, V2_INFER, body, headers)
-    assert response.status_code == 200, response.text
-    answer = response.json()  # JSON output unless binary was asked for
-    assert answer["model_name"] == "digits"
-    assert answer["outputs"][0]["shape"] == [1, 10]
+    assert_still_serving(hostile_server)  # JSON output unless binary was asked for
