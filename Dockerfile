@@ -55,6 +55,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     IMGCLS_MODELS_DIR=/models \
     IMGCLS_HOST=0.0.0.0 \
     IMGCLS_PORT=8000 \
+    IMGCLS_GRPC_PORT=8001 \
     KERAS_HOME=/tmp/.keras \
     MPLCONFIGDIR=/tmp/matplotlib \
     TF_CPP_MIN_LOG_LEVEL=1
@@ -75,7 +76,8 @@ COPY service/ service/
 USER ${APP_UID}:${APP_UID}
 
 VOLUME /models
-EXPOSE 8000
+# HTTP, and gRPC (V2 inference and TF Serving's PredictionService, health, reflection).
+EXPOSE 8000 8001
 
 # slim has no curl: ask /healthz with the standard library (urlopen raises on non-2xx -> exit 1).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from contract.tf_log import on_first_import
+from contract.tf_log import import_tensorflow_filtered, on_first_import
 from service.feedback.ids import REQUEST_ID_HEADER
 from service.http.cors import JSONCORSMiddleware
 from service.http.errors import ClientError, client_error, error_body
@@ -198,6 +198,7 @@ def _lifespan(
         )
         for hook in startup:
             await hook(state)
+        grpc_server = await _start_grpc(state)
         tasks = [
             asyncio.create_task(task(state), name=task.__name__)
             for task in (*background, export_drift)
@@ -209,6 +210,9 @@ def _lifespan(
                 running.cancel()
             state.shutting_down = True
             service_metrics.model_ready.set(0)
+            if grpc_server is not None:
+                # New calls are refused (UNAVAILABLE) from here; those in flight finish first.
+                await grpc_server.stop(settings.shutdown_grace_s)
             await repository.stop(timeout_s=settings.shutdown_grace_s)
             decode_pool.shutdown(wait=False, cancel_futures=True)
             await asyncio.to_thread(state.capture.stop)  # writes what was already queued
@@ -216,6 +220,22 @@ def _lifespan(
             logger.info("stopped")
 
     return lifespan
+
+
+async def _start_grpc(state: ServiceState) -> Any:
+    """The gRPC server on ``GRPC_PORT`` (None when it is off). Imported here: its protocol
+    modules import TensorFlow's messages, so TensorFlow is imported first, through the one
+    import that every thread waits for (a background import may be half way: importing its
+    modules from here at the same time would see them half initialised)."""
+    settings = state.settings
+    if settings.grpc_port is None:
+        return None
+    await asyncio.to_thread(import_tensorflow_filtered)
+    from service.grpc.server import GrpcServer
+
+    server = GrpcServer(state, shared_port=settings.worker_count > 1)
+    state.extras["grpc_port"] = await server.start(settings.host, settings.grpc_port)
+    return server
 
 
 def _add_error_handlers(app: FastAPI, settings: Settings, service_metrics: ServiceMetrics) -> None:

@@ -205,6 +205,20 @@ async def tensor_images(
     return images.pixels or []
 
 
+async def classify_tensors(
+    request: Request | Call,
+    state: ServiceState,
+    served: ServedModel,
+    model: LoadedModel,
+    images: ImagesInput,
+) -> np.ndarray:
+    """A tensor protocol's images (V2, TF Serving; REST or gRPC) -> their probabilities,
+    (N, num_classes) float32 in request order, through :func:`predict` (captured as sent)."""
+    decoded = await tensor_images(state, images, model)
+    predictions = await predict(request, state, served, model, decoded, arrived_inputs(images))
+    return np.stack([p.probabilities for p in predictions])
+
+
 def parse_top_k(raw: str | None, max_top_k: int) -> int:
     """``top_k`` from the query string: default 5 (at most ``max_top_k``), 1..``max_top_k``."""
     if raw is None:

@@ -69,6 +69,23 @@ REJECTION_REASONS = (
     "not_found",
     "unavailable",
 )
+#: ``code`` values of ``imgcls_requests_total`` that are the service's fault or its refusal
+#: to take more, as 5xx are over HTTP: the gRPC status names of the calls on the gRPC port.
+GRPC_SERVER_ERROR_CODES = (
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "UNKNOWN",
+    "DATA_LOSS",
+)
+
+
+def is_server_error(code: str) -> bool:
+    """Whether a request's ``code`` label is a server error: 5xx, or its gRPC equivalent."""
+    return code.startswith("5") or code in GRPC_SERVER_ERROR_CODES
+
+
 #: Outcomes of ``imgcls_feedback_total`` (service.feedback.store's).
 FEEDBACK_OUTCOMES = ("correct", "wrong", "new_class")
 CONTENT_TYPE = CONTENT_TYPE_LATEST

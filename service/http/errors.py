@@ -75,27 +75,29 @@ class ErrorAnswer:
         reason: The ``imgcls_rejected_requests_total`` label, or None when it is no rejection
             (a server fault, a deadline the batcher already counted).
         retry: Whether the answer carries ``Retry-After`` (the client should come back).
+        grpc: The gRPC status code's name (``grpc.StatusCode`` member) for the gRPC front end.
     """
 
     status: int
     reason: str | None = None
     retry: bool = False
+    grpc: str = "INVALID_ARGUMENT"
 
 
 #: Domain error -> answer. The most specific class wins (see :func:`answer_for`).
 ANSWERS: dict[type[ServingError], ErrorAnswer] = {
     InvalidInput: ErrorAnswer(400, "bad_request"),
     PayloadTooLarge: ErrorAnswer(413, "too_large"),
-    ModelNotFound: ErrorAnswer(404, "not_found"),
-    ModelNotReady: ErrorAnswer(503, "no_model", retry=True),
-    ShuttingDown: ErrorAnswer(503, "shutting_down", retry=True),
-    QueueFull: ErrorAnswer(503, "queue_full", retry=True),
-    DeadlineExceeded: ErrorAnswer(504, "deadline"),
-    ModelFailed: ErrorAnswer(500),
-    UnknownPrediction: ErrorAnswer(404, "not_found"),
+    ModelNotFound: ErrorAnswer(404, "not_found", grpc="NOT_FOUND"),
+    ModelNotReady: ErrorAnswer(503, "no_model", retry=True, grpc="UNAVAILABLE"),
+    ShuttingDown: ErrorAnswer(503, "shutting_down", retry=True, grpc="UNAVAILABLE"),
+    QueueFull: ErrorAnswer(503, "queue_full", retry=True, grpc="RESOURCE_EXHAUSTED"),
+    DeadlineExceeded: ErrorAnswer(504, "deadline", grpc="DEADLINE_EXCEEDED"),
+    ModelFailed: ErrorAnswer(500, grpc="INTERNAL"),
+    UnknownPrediction: ErrorAnswer(404, "not_found", grpc="NOT_FOUND"),
     UnknownLabel: ErrorAnswer(422, "bad_request"),
-    AlreadyLabelled: ErrorAnswer(409, "bad_request"),
-    CaptureUnavailable: ErrorAnswer(503, "unavailable", retry=True),
+    AlreadyLabelled: ErrorAnswer(409, "bad_request", grpc="ALREADY_EXISTS"),
+    CaptureUnavailable: ErrorAnswer(503, "unavailable", retry=True, grpc="UNAVAILABLE"),
 }
 
 #: An image the decoder refused, by :attr:`contract.decoding.errors.ImageError.category`.

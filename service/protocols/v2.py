@@ -29,10 +29,12 @@ from service.protocols.tensors import (
 from service.serving.decode_step import Upload
 from service.serving.model_store import LoadedModel
 
+SERVER_NAME = "imgcls"
+SERVER_VERSION = "0.1.0"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES_INPUT_NAME = "image_bytes"
 PLATFORM = "tensorflow_savedmodel"
-EXTENSIONS = ("binary_tensor_data", "classification")
+EXTENSIONS = ("binary_tensor_data", "classification", "model_configuration", "model_repository")
 PIXEL_DTYPES: dict[str, np.dtype[Any]] = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 
 

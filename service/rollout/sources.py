@@ -24,6 +24,7 @@ from typing import Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.metrics import is_server_error
 from service.rollout.checks import VersionStats
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def _add_sample(stats: Traffic, sample_name: str, labels: dict[str, str], value:
         entry.served = bool(entry.served) or value > 0
     elif sample_name == "imgcls_requests_total":
         entry.requests += value
-        if labels.get("code", "").startswith("5"):
+        if is_server_error(labels.get("code", "")):
             entry.server_errors += value
     elif sample_name == "imgcls_request_duration_seconds_bucket":
         bound = float(labels["le"])

@@ -36,12 +36,9 @@ async def _predict(
         max_images=state.settings.tensor_images_limit(served.limits.max_queue_size),
         max_pixels=state.settings.max_pixels,
     )
-    images = await dataplane.tensor_images(state, images_input, model)
-    predictions = await dataplane.predict(
-        request, state, served, model, images, dataplane.arrived_inputs(images_input)
-    )
+    probabilities = await dataplane.classify_tensors(request, state, served, model, images_input)
     return JSONResponse(
-        tfserving.predict_answer([p.probabilities for p in predictions], columnar),
+        tfserving.predict_answer(list(probabilities), columnar),
         headers={VERSION_HEADER: str(model.version)},
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -23,13 +22,10 @@ from service.state import ServiceState
 
 router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
 
-SERVER_NAME = "imgcls"
-SERVER_VERSION = "0.1.0"
-
 
 @router.get("", summary="Server metadata: name, version, extensions")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(v2.EXTENSIONS)}
+    return {"name": v2.SERVER_NAME, "version": v2.SERVER_VERSION, "extensions": list(v2.EXTENSIONS)}
 
 
 @router.get("/health/live", summary="200 while the process lives")
@@ -116,14 +112,11 @@ async def _infer(
         max_images=state.settings.tensor_images_limit(served.limits.max_queue_size),
         max_pixels=state.settings.max_pixels,
     )
-    images = await dataplane.tensor_images(state, infer_request.images, model)
-    predictions = await dataplane.predict(
-        request, state, served, model, images, dataplane.arrived_inputs(infer_request.images)
+    probabilities = await dataplane.classify_tensors(
+        request, state, served, model, infer_request.images
     )
     request_id, _ = dataplane.answer_ids(request, 0)
-    answer, tail = v2.infer_answer(
-        infer_request, model, np.stack([p.probabilities for p in predictions]), request_id
-    )
+    answer, tail = v2.infer_answer(infer_request, model, probabilities, request_id)
     if not tail and not infer_request.output.binary:
         return JSONResponse(answer)
     head = json.dumps(answer, separators=(",", ":")).encode()

@@ -12,7 +12,6 @@ For the same held-out digits every protocol must return the probabilities ``/pre
 from __future__ import annotations
 
 import base64
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,35 +22,27 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers.images import gray_png
-from tests.helpers.models import republish
+from tests.helpers.protocol_digits import (
+    COUNT,
+    TOLERANCE,
+    Digits,
+    assert_same_probabilities,
+    held_out_digits,
+    two_version_repo,
+)
 from tests.helpers.servers import Server, start_server, stop_server
 from training.data import load_digits_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-COUNT = 8  # held-out digits sent through every protocol
-TOLERANCE = 1e-6
 MANY = 200  # images of one request: more than a model call's batch, fewer than the queue
 MAX_BATCH_SIZE, MAX_QUEUE_SIZE = 32, 256  # the defaults the module's server runs with
-SERVING_YAML = """\
-models:
-  digits:
-    version_policy: all
-    labels:
-      stable: 1
-      canary: 2
-"""
 
 
 @pytest.fixture(scope="module")
 def protocol_repo(trained_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits 1 (trained) and 2 (the same SavedModel republished), both served, labelled."""
-    models = tmp_path_factory.mktemp("protocol-repo") / "models"
-    shutil.copytree(trained_repo, models)
-    assert republish(models, 1) == 2
-    (models / "serving.yaml").write_text(SERVING_YAML)
-    return models
+    return two_version_repo(trained_repo, tmp_path_factory.mktemp("protocol-repo") / "models")
 
 
 @pytest.fixture(scope="module")
@@ -82,42 +73,9 @@ def triton_client(server: Server) -> Iterator[triton.InferenceServerClient]:
     client.close()
 
 
-class Digits:
-    """Held-out digits: grey pixels, RGB float pixels, PNG files, and what /predict says."""
-
-    def __init__(self, gray: np.ndarray, labels: np.ndarray) -> None:
-        self.gray = gray  # (N, 28, 28) uint8
-        self.labels = labels
-        self.rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)  # (N, 28, 28, 3)
-        self.pngs = [gray_png(image) for image in gray]
-        self.b64 = [base64.b64encode(data).decode() for data in self.pngs]
-        self.class_names: list[str] = []
-        self.reference = np.zeros((len(gray), 0))
-
-
 @pytest.fixture(scope="module")
 def digits(http: httpx.Client) -> Digits:
-    test = load_digits_data(0.1).test
-    picks = [int(np.flatnonzero(test.labels == d)[0]) for d in range(COUNT)]  # 8 classes
-    found = Digits(test.images[picks, ..., 0], test.labels[picks])
-    found.class_names = http.get("/v2/models/digits").json()["parameters"]["class_names"]
-    files = [("file", (f"digit-{i}.png", data, "image/png")) for i, data in enumerate(found.pngs)]
-    response = http.post("/predict", files=files, params={"top_k": len(found.class_names)})
-    assert response.status_code == 200, response.text
-    rows = []
-    for result in response.json()["results"]:
-        scores = {p["label"]: p["score"] for p in result["predictions"]}
-        rows.append([scores[name] for name in found.class_names])
-    found.reference = np.array(rows)
-    # The model is good: the reference itself is right for these digits.
-    assert (found.reference.argmax(axis=1) == found.labels).mean() >= 0.75
-    return found
-
-
-def assert_same_probabilities(probabilities: Any, digits: Digits) -> None:
-    array = np.asarray(probabilities, dtype=np.float64)
-    assert array.shape == digits.reference.shape
-    np.testing.assert_allclose(array, digits.reference, rtol=0, atol=TOLERANCE)
+    return held_out_digits(http)
 
 
 # --- tritonclient.http (Open Inference Protocol V2) -------------------------------------------

@@ -39,6 +39,9 @@ def quiet_env(**extra: str) -> dict[str, str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "PYTHONUNBUFFERED": "1",
         "IMGCLS_WORKERS": "1",
+        # gRPC off unless a test gives it a port: the default 8001 would be shared by every
+        # server a test starts (tests/helpers/servers.py gives each its own free port).
+        "IMGCLS_GRPC_PORT": "",
     }
     env.update(extra)
     return env

@@ -28,6 +28,8 @@ class Server:
     url: str
     process: subprocess.Popen[str]
     log_path: Path
+    #: ``host:port`` of its gRPC server; None when gRPC is off.
+    grpc_target: str | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -47,6 +49,7 @@ def start_server(
     settings = {
         "capture_dir": str(log_dir / f"captured-{port}"),
         "feedback_dir": str(log_dir / f"feedback-{port}"),
+        "grpc_port": str(free_port()),
         **settings,
     }
     env = quiet_env(
@@ -65,7 +68,13 @@ def start_server(
             stderr=subprocess.STDOUT,
             text=True,
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    grpc_port = settings["grpc_port"]
+    server = Server(
+        f"http://127.0.0.1:{port}",
+        process,
+        log_path,
+        grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port else None,
+    )
     if not wait:
         return server
     deadline = time.monotonic() + SERVER_START_TIMEOUT_S

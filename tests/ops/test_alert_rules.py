@@ -175,6 +175,14 @@ PROBE_ROUTES = {
     "/v2/health/ready",
     "/v2/models/{name}/ready",
     "/v2/models/{name}/versions/{version}/ready",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+    "/inference.GRPCInferenceService/ModelReady",
+}
+#: The classify methods of the gRPC port.
+GRPC_INFERENCE = {
+    "/inference.GRPCInferenceService/ModelInfer",
+    "/tensorflow.serving.PredictionService/Predict",
 }
 
 
@@ -185,13 +193,22 @@ def matching(regex: str, routes: set[str]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def service_routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """Route template -> HTTP methods, from the real app (the ``route`` label's values)."""
+    """Route template -> HTTP methods, from the real app, and each gRPC method's full name ->
+    {"GRPC"}, from the real servicers (the ``route`` label's values)."""
     from service.app import create_app
+    from service.grpc.inference_v2 import InferenceServicer
+    from service.grpc.tfserving import ModelServicer, PredictionServicer
     from service.settings import Settings
 
     app = create_app(Settings(models_dir=tmp_path_factory.mktemp("no-models")))
     paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
-    return {path: {method.upper() for method in operations} for path, operations in paths.items()}
+    routes = {path: {method.upper() for method in operations} for path, operations in paths.items()}
+    for servicer in (InferenceServicer, PredictionServicer, ModelServicer):
+        for attribute in vars(servicer).values():
+            method = getattr(attribute, "rpc_method", None)
+            if method is not None:
+                routes[f"/{method.containing_service.full_name}/{method.name}"] = {"GRPC"}
+    return routes
 
 
 def test_probe_selector_leaves_out_exactly_the_probe_routes(
@@ -211,8 +228,11 @@ def test_inference_selectors_match_every_protocol(service_routes: dict[str, set[
     inference = {
         path
         for path, methods in service_routes.items()
-        if "POST" in methods and path != "/explain" and not path.endswith("/feedback")
-    }
+        if "POST" in methods
+        and path != "/explain"
+        and not path.endswith("/feedback")
+        and not path.startswith("/v2/repository/")  # Triton's model repository extension
+    } | GRPC_INFERENCE
     assert {
         "/predict",
         "/models/{name}/versions/{version}/predict",

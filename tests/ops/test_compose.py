@@ -125,6 +125,7 @@ def test_models_folder_is_shared_read_only_for_the_api(config: dict[str, Any]) -
     assert env["IMGCLS_MODELS_DIR"] == "/models"
     assert env["IMGCLS_HOST"] == "0.0.0.0"
     assert str(env["IMGCLS_PORT"]) == "8000"
+    assert str(env["IMGCLS_GRPC_PORT"]) == "8001"
     assert services["api"]["user"] == services["trainer"]["user"], (
         "api must read what trainer writes"
     )
@@ -161,7 +162,8 @@ def test_capture_is_off_unless_asked_for(config: dict[str, Any]) -> None:
 def test_api_scales_without_a_fixed_host_port(config: dict[str, Any]) -> None:
     api = config["services"]["api"]
     assert api["ports"], "the api is reachable from the host"
-    assert published_ports(api) == [""], "a fixed host port breaks `--scale api=N`"
+    assert published_ports(api) == ["", ""], "a fixed host port breaks `--scale api=N`"
+    assert sorted(int(port["target"]) for port in api["ports"]) == [8000, 8001]  # HTTP, gRPC
     assert "container_name" not in api
 
 

@@ -54,16 +54,17 @@ def test_multi_stage_build_on_python_311_slim() -> None:
     assert any(k == "COPY" and r.startswith("--from=builder /opt/venv") for k, r in runtime)
 
 
-def test_runtime_is_non_root_and_serves_on_8000() -> None:
+def test_runtime_is_non_root_and_serves_on_8000_and_grpc_on_8001() -> None:
     runtime = stages()[-1]
     users = [rest for keyword, rest in runtime if keyword == "USER"]
     assert users, "no USER in the final stage: the container would run as root"
     assert users[-1].split(":")[0] not in {"root", "0"}
-    assert ("EXPOSE", "8000") in runtime
+    assert ("EXPOSE", "8000 8001") in runtime
     assert ("VOLUME", "/models") in runtime
     env = " ".join(rest for keyword, rest in runtime if keyword == "ENV")
     assert "IMGCLS_MODELS_DIR=/models" in env
     assert "IMGCLS_HOST=0.0.0.0" in env
+    assert "IMGCLS_GRPC_PORT=8001" in env
     (cmd,) = [rest for keyword, rest in runtime if keyword == "CMD"]
     assert json.loads(cmd) == ["python", "-m", "service"]
 

@@ -116,7 +116,8 @@ def test_probes_use_the_service_routes(container: dict[str, Any]) -> None:
 def test_container_listens_where_the_service_says(container: dict[str, Any]) -> None:
     env = {entry["name"]: entry.get("value") for entry in container["env"]}
     assert env["IMGCLS_HOST"] == "0.0.0.0"
-    assert [entry["containerPort"] for entry in container["ports"]] == [int(env["IMGCLS_PORT"])]
+    ports = {entry["name"]: entry["containerPort"] for entry in container["ports"]}
+    assert ports == {"http": int(env["IMGCLS_PORT"]), "grpc": int(env["IMGCLS_GRPC_PORT"])}
 
 
 def test_service_selects_the_pods_and_targets_their_port(
@@ -127,8 +128,8 @@ def test_service_selects_the_pods_and_targets_their_port(
     selector = service["spec"]["selector"]
     assert selector.items() <= pod_labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    (port,) = service["spec"]["ports"]
-    assert resolve_port(container, port["targetPort"]) == 8000
+    ports = {p["name"]: resolve_port(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"http": 8000, "grpc": 8001}
 
 
 def test_prometheus_scrape_annotations(

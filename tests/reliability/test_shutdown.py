@@ -4,23 +4,31 @@ request in flight or queued is answered, and the process exits 0 within its grac
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
+import grpc
 import httpx
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.helpers.images import noise_png
 from tests.helpers.processes import PYTHON, ROOT, quiet_env
 from tests.helpers.servers import Server, free_port, metric_value, metrics_text
+from tests.helpers.stress_model import MODEL_NAME as STRESS_MODEL
 from tests.helpers.stress_model import STRESS_SETTINGS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: Interpreter and TensorFlow teardown after the last answer (2 shared cores).
 EXIT_OVERHEAD_S = 6.0
+
+T = TypeVar("T")
 
 
 def send(server: Server, index: int) -> httpx.Response:
@@ -33,8 +41,10 @@ def send(server: Server, index: int) -> httpx.Response:
 
 
 def start_requests(
-    server: Server, count: int
-) -> tuple[ThreadPoolExecutor, list[Future[httpx.Response]]]:
+    server: Server,
+    count: int,
+    send: Callable[[Server, int], T] = send,  # type: ignore[assignment]
+) -> tuple[ThreadPoolExecutor, list[Future[T]]]:
     """Fire ``count`` one-image requests at once; return when all of them are queued or done."""
     before = metrics_text(server)
     base = metric_value(before, "imgcls_batch_size_sum") + metric_value(
@@ -100,6 +110,50 @@ def test_sigterm_drains_everything_in_flight_then_exits_0(
     assert "Traceback" not in log
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/healthz", timeout=5)
+
+
+def grpc_infer(server: Server, index: int) -> str:
+    """One encoded image over gRPC (V2 ModelInfer); the id it was answered for."""
+    assert server.grpc_target is not None
+    request = service_pb2.ModelInferRequest(model_name=STRESS_MODEL, id=f"img-{index}")
+    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
+    blob = noise_png((64, 64), index % 8)
+    request.raw_input_contents.append(struct.pack("<I", len(blob)) + blob)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return str(stub.ModelInfer(request, timeout=60).id)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_grpc_calls_in_flight_like_http(
+    server_factory: object, stress_repo: Path, workers: str
+) -> None:
+    """gRPC calls queued when SIGTERM comes are answered; a new call is UNAVAILABLE 'shutting
+    down' at once; the process exits 0 (with two workers, both serve the gRPC port)."""
+    grace_s, delay_s, count = 15.0, 1.5, 24
+    srv: Server = server_factory(  # type: ignore[operator]
+        stress_repo,
+        **{**STRESS_SETTINGS, "max_queue_size": "64", "request_timeout_s": "30"},
+        workers=workers,
+        shutdown_grace_s=str(grace_s),
+        shutdown_delay_s=str(delay_s),
+    )
+    pool, futures = start_requests(srv, count, grpc_infer)
+    signalled = time.monotonic()
+    srv.process.send_signal(signal.SIGTERM)
+    time.sleep(0.2)  # the signal handler has run
+    with pytest.raises(grpc.RpcError) as late:
+        grpc_infer(srv, count)
+    assert late.value.code() == grpc.StatusCode.UNAVAILABLE, late.value
+    assert "shutting down" in (late.value.details() or "")
+
+    answered = [future.result(timeout=60) for future in futures]
+    pool.shutdown()
+    code = srv.process.wait(timeout=grace_s + EXIT_OVERHEAD_S)
+    assert answered == [f"img-{i}" for i in range(count)]
+    assert code == 0
+    assert time.monotonic() - signalled < grace_s + EXIT_OVERHEAD_S
+    assert "Traceback" not in srv.log()
 
 
 def test_work_left_when_the_grace_period_ends_is_answered_503(
