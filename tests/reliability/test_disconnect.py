@@ -4,15 +4,20 @@ is counted once (``imgcls_requests_total{code="499"}``)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import struct
 import time
 
+import grpc
 import httpx
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.helpers.clients import http_head
 from tests.helpers.images import noise_png
 from tests.helpers.servers import Server, address, metric_value, metrics_text
+from tests.helpers.stress_model import MODEL_NAME
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -95,4 +100,75 @@ def test_a_client_that_leaves_while_uploading_costs_nothing(stress_server: Serve
     )
     assert metric_value(after, "imgcls_batch_size_sum") == metric_value(
         before, "imgcls_batch_size_sum"
+    )
+
+
+# --- the gRPC port: a client's cancel and its own deadline -----------------------------------
+
+
+def _grpc_calls(
+    server: Server, count: int, timeout_s: float, cancel_after_s: float | None
+) -> list[str]:
+    """``count`` one-image V2 calls at once on the gRPC port; each one's final status name."""
+    assert server.grpc_target is not None
+    request = service_pb2.ModelInferRequest(model_name=MODEL_NAME)
+    request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
+    image = noise_png((64, 64), 2)
+    request.raw_input_contents.append(struct.pack("<I", len(image)) + image)
+
+    async def run() -> list[str]:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:  # type: ignore[arg-type]
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            calls = [stub.ModelInfer(request, timeout=timeout_s) for _ in range(count)]
+            if cancel_after_s is not None:
+                await asyncio.sleep(cancel_after_s)
+                for call in calls:
+                    call.cancel()
+            outcomes = []
+            for call in calls:
+                try:
+                    await call
+                    outcomes.append("OK")
+                except asyncio.CancelledError:
+                    outcomes.append("CANCELLED")
+                except grpc.aio.AioRpcError as error:
+                    outcomes.append(error.code().name)
+            return outcomes
+
+    return asyncio.run(run())
+
+
+def test_grpc_calls_past_their_deadline_are_not_computed(stress_server: Server) -> None:
+    """16 calls with a 0.15 s gRPC deadline on a model that computes ~40 images/s: the first
+    are answered, the rest end DEADLINE_EXCEEDED, and images whose deadline passed while they
+    were queued are never computed."""
+    before = metrics_text(stress_server)
+    outcomes = _grpc_calls(stress_server, DISCONNECTING, timeout_s=0.15, cancel_after_s=None)
+    assert set(outcomes) <= {"OK", "DEADLINE_EXCEEDED"}, outcomes
+    assert outcomes.count("DEADLINE_EXCEEDED") >= DISCONNECTING // 4, outcomes
+    assert wait_for_metric(stress_server, "imgcls_batch_queue_depth", lambda v: v == 0, 5) == 0
+    time.sleep(0.5)  # let a batch that was running finish
+    computed = metric_value(metrics_text(stress_server), "imgcls_batch_size_sum") - metric_value(
+        before, "imgcls_batch_size_sum"
+    )
+    # Answered in time, plus at most the batch running when the deadline passed (4 images).
+    assert computed <= outcomes.count("OK") + 4, (computed, outcomes)
+
+
+def test_grpc_calls_cancelled_while_queued_are_not_computed(stress_server: Server) -> None:
+    before = metrics_text(stress_server)
+    outcomes = _grpc_calls(stress_server, DISCONNECTING, timeout_s=30, cancel_after_s=0.15)
+    assert outcomes.count("CANCELLED") >= DISCONNECTING // 2, outcomes
+    assert wait_for_metric(stress_server, "imgcls_batch_queue_depth", lambda v: v == 0, 5) == 0
+    time.sleep(0.5)
+    after = metrics_text(stress_server)
+    computed = metric_value(after, "imgcls_batch_size_sum") - metric_value(
+        before, "imgcls_batch_size_sum"
+    )
+    assert computed <= outcomes.count("OK") + 8, (computed, outcomes)
+    route = {"route": "/inference.GRPCInferenceService/ModelInfer", "code": "CANCELLED"}
+    assert (
+        metric_value(after, "imgcls_requests_total", route)
+        - metric_value(before, "imgcls_requests_total", route)
+        >= 1
     )

@@ -12,9 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from tests.helpers.servers import Server, metric_value, metrics_text
 from tests.helpers.stress_model import INPUT_SIZE, MODEL_NAME, NUM_CLASSES, STRESS_SETTINGS
@@ -120,6 +122,73 @@ def test_v2_infer_under_overload_refuses_with_503_and_loses_nothing(
         response = client.post(INFER, content=body, headers=headers)
     assert response.status_code == 200, response.text
     np.testing.assert_allclose(probabilities(response), reference[[0, 1]], rtol=0, atol=1e-4)
+    assert httpx.get(stress_server.url + "/healthz", timeout=10).status_code == 200
+
+
+GRPC_ROUTE = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_request(indices: list[int]) -> service_pb2.ModelInferRequest:
+    request = service_pb2.ModelInferRequest(model_name=MODEL_NAME)
+    request.inputs.add(
+        name="images", datatype="FP32", shape=[len(indices), INPUT_SIZE, INPUT_SIZE, 3]
+    )
+    request.raw_input_contents.append(np.ascontiguousarray(IMAGES[indices], dtype="<f4").tobytes())
+    return request
+
+
+async def grpc_burst(target: str) -> list[service_pb2.ModelInferResponse | grpc.aio.AioRpcError]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def call(n: int) -> service_pb2.ModelInferResponse | grpc.aio.AioRpcError:
+            try:
+                return await stub.ModelInfer(grpc_request(indices_of(n)), timeout=120)
+            except grpc.aio.AioRpcError as error:
+                return error
+
+        return list(await asyncio.gather(*(call(n) for n in range(REQUESTS))))
+
+
+def test_grpc_infer_under_overload_refuses_with_resource_exhausted_and_loses_nothing(
+    stress_server: Server,
+) -> None:
+    """The same burst on the gRPC port: OK with the right probabilities for its own images, or
+    RESOURCE_EXHAUSTED naming the queue (DEADLINE_EXCEEDED past the deadline), counted once."""
+    assert stress_server.grpc_target is not None
+    with stress_server.client() as client:
+        body, headers = infer_body(list(range(len(IMAGES))))
+        reference = probabilities(client.post(INFER, content=body, headers=headers))
+
+    before = metrics_text(stress_server)
+    answers = asyncio.run(grpc_burst(stress_server.grpc_target))
+    after = metrics_text(stress_server)
+
+    codes = Counter(a.code().name if isinstance(a, grpc.aio.AioRpcError) else "OK" for a in answers)
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, codes
+    assert codes["OK"] >= 1 and codes["RESOURCE_EXHAUSTED"] >= 1, codes
+    for n, answer in enumerate(answers):
+        if isinstance(answer, grpc.aio.AioRpcError):
+            if answer.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                assert "queue" in (answer.details() or "")
+            continue
+        values = np.frombuffer(answer.raw_output_contents[0], dtype="<f4")
+        np.testing.assert_allclose(
+            values.reshape(IMAGES_PER_REQUEST, NUM_CLASSES),
+            reference[indices_of(n)],
+            rtol=0,
+            atol=1e-4,
+        )
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, labels) - metric_value(before, name, labels)
+
+    assert (
+        delta("imgcls_rejected_requests_total", reason="queue_full") == codes["RESOURCE_EXHAUSTED"]
+    )
+    for code, count in codes.items():
+        assert delta("imgcls_requests_total", route=GRPC_ROUTE, code=code) == count
+    assert delta("imgcls_predictions_total", model=MODEL_NAME) == IMAGES_PER_REQUEST * codes["OK"]
     assert httpx.get(stress_server.url + "/healthz", timeout=10).status_code == 200
 
 

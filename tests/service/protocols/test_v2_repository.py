@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2
 
 from service.protocols import v2_repository
 from service.serving.config import LatestPolicy, SpecificPolicy, VersionPolicy
@@ -66,10 +68,6 @@ def test_model_config_version_policy_is_tritons(policy: VersionPolicy, expected:
 @pytest.mark.parametrize("policy", [LatestPolicy(latest=3), SpecificPolicy(specific=[2]), "all"])
 def test_model_config_parses_into_tritons_protobuf_model_config(policy: VersionPolicy) -> None:
     # What a gRPC front end does with the same dict: every field must exist in the .proto.
-    model_config_pb2 = pytest.importorskip(
-        "tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed"
-    )
-    json_format = pytest.importorskip("google.protobuf.json_format")
     message = json_format.ParseDict(
         config(policy, max_images=64), model_config_pb2.ModelConfig(), ignore_unknown_fields=False
     )
