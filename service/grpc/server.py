@@ -65,9 +65,15 @@ class GrpcServer:
 
     async def start(self, host: str, port: int) -> int:
         """Bind ``host:port`` (0: any free port) and serve; returns the port bound."""
-        bound = self._server.add_insecure_port(address(host, port))
+        try:
+            bound = self._server.add_insecure_port(address(host, port))
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise RuntimeError(f"cannot bind gRPC on {address(host, port)}: port taken?")
+            raise RuntimeError(
+                f"cannot listen for gRPC on {address(host, port)} (port in use?): set "
+                "IMGCLS_GRPC_PORT to a free port, or empty to turn gRPC off"
+            )
         await self._server.start()
         self.port = bound
         logger.info("gRPC on %s", address(host, bound))
