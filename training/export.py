@@ -43,8 +43,11 @@ def export_saved_model(
     import keras
     import tensorflow as tf
 
+    # No ``archive.track(model)``: add_endpoint tracks every variable an endpoint uses, and
+    # tracking the model as well stores each weight a second time (the Keras variables under
+    # ``variables/``, the TensorFlow ones the endpoints use under ``_all_variables/``): twice the
+    # folder, for nothing the service reads (vgg16-48: 269 MB -> 135 MB, same answers).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     image_spec = tf.TensorSpec(shape=(None, None, None, 3), dtype=tf.float32, name="images")
 
     def serve(images: Any) -> Any:

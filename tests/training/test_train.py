@@ -228,6 +228,12 @@ def test_exported_saved_model_predicts_like_the_in_memory_model(tmp_path: Path) 
     np.testing.assert_allclose(
         loaded.serve(probe).numpy(), model(probe, training=False).numpy(), atol=1e-5
     )
+    # Each weight is stored once (the checkpoint holds no second copy of the model).
+    stored = tf.train.list_variables(str(tmp_path / "sm" / "variables" / "variables"))
+    floats = sum(
+        int(np.prod(shape)) for name, shape in stored if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
+    assert floats == model.count_params()
 
 
 @pytest.mark.e2e  # runs training/train.py
