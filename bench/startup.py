@@ -31,6 +31,7 @@ def time_to_ready(models_dir: Path, workers: str) -> tuple[float | None, float |
         **os.environ,
         "IMGCLS_WORKERS": workers,
         "IMGCLS_PORT": str(port),
+        "IMGCLS_GRPC_PORT": str(free_port()),  # on, as by default, but on a port of its own
         "IMGCLS_MODELS_DIR": str(models_dir),
     }
     started = time.monotonic()

@@ -53,8 +53,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def python(*args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+def python(
+    *args: str, log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
     out = log.open("ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -235,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         "--models-dir",
         str(models),
         log=workdir / "service.log",
+        # gRPC on a free port too: the default 8001 may be taken by a service already running.
+        env={"IMGCLS_GRPC_PORT": str(free_port())},
     )
     controller = None
     try:
