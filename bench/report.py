@@ -254,8 +254,10 @@ def knob_table(results: dict[str, Any]) -> str:
 def budget_table(budget: dict[str, Any]) -> str:
     """The budget as a Markdown table (µs of CPU per request and share of the total)."""
     total = budget["server_cpu_us_per_request"] or 1
+    workers = budget.get("workers", 1)
     lines = [
-        f"c={budget['concurrency']}, {budget['duration_s']:.0f} s: {budget['rps']:.0f} req/s, "
+        f"c={budget['concurrency']}, {budget['duration_s']:.0f} s, {workers} "
+        f"worker{'s' if workers != 1 else ''}: {budget['rps']:.0f} req/s, "
         f"p50 {budget['p50_ms']:.1f} ms, p99 {budget['p99_ms']:.1f} ms, mean batch "
         f"{budget['mean_batch']}, server CPU {budget['server_cpu_us_per_request']:.0f} µs/req "
         f"(event loop {budget['loop_cpu_us_per_request']:.0f} µs/req, busy "
@@ -271,6 +273,42 @@ def budget_table(budget: dict[str, Any]) -> str:
             f"{row['us_per_request'] / total:.0%} |"
         )
     lines.append(f"| | **total** | **{budget['server_cpu_us_per_request']:.0f}** | 100% |")
+    return "\n".join(lines)
+
+
+def budget_comparison(budgets: list[dict[str, Any]]) -> str:
+    """Several budgets side by side (µs of CPU per request by row; rows that are 0 in every
+    budget left out), with each one's rate, batch and loop load below."""
+    names = [row["row"] for row in budgets[0]["rows"]]
+    where = {row["row"]: row["where"] for row in budgets[0]["rows"]}
+    values = [{row["row"]: row["us_per_request"] for row in b["rows"]} for b in budgets]
+    lines = [
+        "| where | part | "
+        + " | ".join(b.get("title", b.get("workload", "?")) for b in budgets)
+        + " |",
+        "|---|---|" + "---:|" * len(budgets),
+    ]
+    for name in names:
+        cells = [v.get(name, 0.0) for v in values]
+        if any(round(cell) for cell in cells):
+            lines.append(
+                f"| {where[name]} | {name} | " + " | ".join(f"{c:.0f}" for c in cells) + " |"
+            )
+    lines.append(
+        "| | **total** | "
+        + " | ".join(f"**{b['server_cpu_us_per_request']:.0f}**" for b in budgets)
+        + " |"
+    )
+    lines.append("")
+    for b in budgets:
+        lines.append(
+            f"* {b.get('title', '?')}: {b['workers']} worker(s), {b['rps']:.0f} req/s, p50 "
+            f"{b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms, mean batch {b['mean_batch']}, "
+            f"loops busy {', '.join(f'{x:.0%}' for x in b.get('loops_busy_fraction', []))}, "
+            f"{b['py_spy_samples_on_loop']} samples on the loops, errors "
+            f"{sum(b['errors'].values())} / server {b.get('server_not_ok') or 0}, load "
+            f"generator {b.get('loadgen_cpu_us_per_request', 0):.0f} µs/req."
+        )
     return "\n".join(lines)
 
 
