@@ -63,7 +63,10 @@ def _run(
     )
     if check and done.returncode != 0:
         command = " ".join([Path(argv[0]).name, *argv[1:]])
-        raise AssertionError(f"{command}:\n{done.stderr[-4000:]}")
+        # docker build reports a failed step on stdout, and only warnings on stderr.
+        raise AssertionError(
+            f"{command} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-2000:]}"
+        )
     return done
 
 
