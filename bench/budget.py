@@ -124,6 +124,8 @@ def _rules(row: str, *paths: str, functions: tuple[str, ...] = (), code: str = "
 
 METRICS = "metrics (prometheus_client)"
 ANSWER = "answer: top-k or infer_answer, JSON encoding (json.dumps, JSONResponse), gRPC response"
+#: The answer row's name before it covered the V2 and gRPC answers ("top-k and JSON").
+JSON = ANSWER
 JSON_PARSE = "JSON parsing (json.loads, parse_json)"
 TENSOR = "V2 tensor parse (protocols/v2.py, tensors.py: checks, pixel_batch)"
 TENSOR_LIST = "V2 tensor: values to a float32 array (pixel_batch's np.asarray; JSON: of a list)"
