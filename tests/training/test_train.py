@@ -318,7 +318,16 @@ def test_resume_continues_an_interrupted_run(tmp_path: Path) -> None:
         if log.exists() and len(log.read_text().splitlines()) >= 4:  # header + 3 epochs
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    # Ctrl-C, again if need be: a KeyboardInterrupt that lands while the main thread runs a
+    # finalizer (TensorFlow objects have many) is printed as "Exception ignored" and lost, and
+    # the run goes on (seen once in CI: the run finished its 40 epochs and exited 0).
+    for _ in range(10):
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "--resume" in stderr
     done_epochs = len(log.read_text().splitlines()) - 1
