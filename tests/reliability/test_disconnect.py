@@ -151,8 +151,9 @@ def test_grpc_calls_past_their_deadline_are_not_computed(stress_server: Server) 
     computed = metric_value(metrics_text(stress_server), "imgcls_batch_size_sum") - metric_value(
         before, "imgcls_batch_size_sum"
     )
-    # Answered in time, plus at most the batch running when the deadline passed (4 images).
-    assert computed <= outcomes.count("OK") + 4, (computed, outcomes)
+    # Answered in time, plus at most the batches that had formed before the deadline passed and
+    # finished after it (the running one and the next: 2 x 4 images).
+    assert computed <= outcomes.count("OK") + 8, (computed, outcomes)
 
 
 def test_grpc_calls_cancelled_while_queued_are_not_computed(stress_server: Server) -> None:
