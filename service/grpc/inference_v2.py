@@ -78,13 +78,7 @@ class InferenceServicer:
     @rpc(_method("ModelConfig"))
     async def ModelConfig(self, request: Any, call: GrpcCall) -> Any:
         served, model = self._described(request)
-        config = v2_repository.model_config(
-            request.name,
-            model,
-            served.limits,
-            served.config.version_policy,
-            max_images=self.state.settings.tensor_images_limit(served.limits.max_queue_size),
-        )
+        config = v2_repository.served_config(request.name, served, model, self.state.settings)
         return service_pb2.ModelConfigResponse(
             config=json_format.ParseDict(config, model_config_pb2.ModelConfig())
         )

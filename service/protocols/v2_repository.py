@@ -25,7 +25,8 @@ from service.protocols.v2 import BYTES_INPUT_NAME, PLATFORM
 from service.serving.config import CONFIG_FILE, LatestPolicy, SpecificPolicy, VersionPolicy
 from service.serving.errors import InvalidInput
 from service.serving.model_store import LoadedModel, VersionStatus
-from service.serving.repository import Limits
+from service.serving.repository import Limits, ServedModel
+from service.settings import Settings
 
 #: Triton's ``ModelReadyState`` names for this service's version states. ``available`` (on
 #: disk, outside the version policy) is not managed and not listed, as Triton lists only the
@@ -92,6 +93,20 @@ def model_config(
         },
         "parameters": {"input_size": {"string_value": f"{height}x{width}"}},
     }
+
+
+def served_config(
+    name: str, served: ServedModel, model: LoadedModel, settings: Settings
+) -> dict[str, Any]:
+    """:func:`model_config` of ``model``, a version of ``served``, with its limits and policy
+    and the images one request may carry: REST's route and gRPC's ModelConfig alike."""
+    return model_config(
+        name,
+        model,
+        served.limits,
+        served.config.version_policy,
+        max_images=settings.tensor_images_limit(served.limits.max_queue_size),
+    )
 
 
 def _version_policy(policy: VersionPolicy) -> dict[str, Any]:

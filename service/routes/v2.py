@@ -59,13 +59,7 @@ async def version_metadata(name: str, version: str, state: State) -> dict[str, A
 def _config(state: ServiceState, name: str, version: str | None) -> dict[str, Any]:
     # Unpinned: the version unpinned requests get, never a canary's share (split=False).
     served, model = dataplane.choose_model(state, name, version=version, split=False)
-    return v2_repository.model_config(
-        name,
-        model,
-        served.limits,
-        served.config.version_policy,
-        max_images=state.settings.tensor_images_limit(served.limits.max_queue_size),
-    )
+    return v2_repository.served_config(name, served, model, state.settings)
 
 
 @router.get("/models/{name}/config", summary="Model configuration (Triton's ModelConfig)")

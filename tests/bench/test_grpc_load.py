@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2
 
 from bench import grpc_load
 from tests.helpers.processes import missing_tool
@@ -34,7 +36,6 @@ def test_a_frame_is_flag_length_message() -> None:
 
 
 def test_the_body_is_a_framed_model_infer_request() -> None:
-    service_pb2 = pytest.importorskip("tritonclient.grpc.service_pb2")
     images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     (message,) = grpc_load.unframe(grpc_load.infer_body(images, "digits"))
     request = service_pb2.ModelInferRequest()
@@ -84,7 +85,6 @@ ANSWER = b"\x0a\x06digits" + b"\x32" + bytes([40]) + bytes(40)  # any fixed-size
 @pytest.fixture
 def grpc_server() -> Iterator[str]:
     """A gRPC server: ``/t.S/Ok`` answers :data:`ANSWER`, ``/t.S/Fail`` NOT_FOUND."""
-    grpc = pytest.importorskip("grpc")
 
     def ok(request: bytes, context: object) -> bytes:
         return ANSWER
