@@ -7,7 +7,6 @@ foreign folder is never served."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime
@@ -16,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.checksums import sha256_file
 from contract.drift import DriftBaseline
 from contract.evaluation import Evaluation
 from contract.names import SERVE_ENDPOINT
+from contract.runtimes import RUNTIMES_DIR, RuntimeReport
 
 METADATA_FILE = "metadata.json"
 SCHEMA_VERSION = 1
@@ -114,7 +115,15 @@ class ModelMetadata(BaseModel):
         "the same examples, and whether it is blessed (absent in versions published before the "
         "gate: those count as blessed)",
     )
-    files: dict[str, str] = Field(description="relative path -> sha256 hex of every other file")
+    runtimes: RuntimeReport | None = Field(
+        default=None,
+        description="the network compiled for other runtimes, each measured against the "
+        "SavedModel (absent in versions published before compiled runtimes, or without one)",
+    )
+    files: dict[str, str] = Field(
+        description="relative path -> sha256 hex of every other file, except runtimes/ (each "
+        "artifact lists its own)"
+    )
 
     @property
     def blessed(self) -> bool:
@@ -132,23 +141,18 @@ class ModelMetadata(BaseModel):
         return DataSummary.model_validate(raw) if isinstance(raw, dict) else None
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk_bytes`` pieces so big variables fit in memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checksum_tree(version_dir: Path) -> dict[str, str]:
-    """SHA-256 of every regular file under ``version_dir`` except metadata.json itself.
+    """SHA-256 of every regular file under ``version_dir`` except metadata.json itself and the
+    compiled artifacts under ``runtimes/`` (checked one by one when served: a damaged artifact
+    must cost its speed, not the version).
 
     Raises InvalidModelVersionError on a symbolic link: a version must be self-contained, and a
     link could point the server at files outside the model repository.
     """
     checksums: dict[str, str] = {}
     for root, dirs, files in os.walk(version_dir):
+        if Path(root) == version_dir and RUNTIMES_DIR in dirs:
+            dirs.remove(RUNTIMES_DIR)  # not walked: its links are refused when it is served
         for entry in [*dirs, *files]:
             if (Path(root) / entry).is_symlink():
                 rel = (Path(root) / entry).relative_to(version_dir)

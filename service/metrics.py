@@ -238,8 +238,9 @@ class ServiceMetrics:
         )
         self.model_info = Gauge(
             "imgcls_model_info",
-            "Every served model version (value 1).",
-            ["name", "version"],
+            "Every served model version (value 1), the runtime that computes it (savedmodel or "
+            "a compiled artifact) and why not the one asked for (fallback; '' when it got it).",
+            ["name", "version", "runtime", "fallback"],
             multiprocess_mode="livemostrecent",
             registry=r,
         )
@@ -342,6 +343,8 @@ class ServiceMetrics:
         self.capture_writable_state.set(1)
         # Label sets exported per served (model, version), so retired versions' series go.
         self._served: set[tuple[str, str]] = set()
+        #: (name, version) -> the label values of its imgcls_model_info series.
+        self._model_info_labels: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         self._labels: set[tuple[str, str, str]] = set()
         self._weights: set[tuple[str, str]] = set()
         self._models: set[str] = set()
@@ -379,15 +382,23 @@ class ServiceMetrics:
             for version in model.store.served
         }
         for key in self._served - served:
-            self._drop(self.model_info, key)
+            self._drop(self.model_info, self._model_info_labels.pop(key, (*key, "", "")))
             for metric, label_values in self._per_version.pop(key, set()):
                 self._children.pop((metric, label_values), None)
                 if multiprocess_dir() is None:  # else: left out by live_series at scrape
                     with contextlib.suppress(KeyError):
                         metric.remove(*label_values)
         for name, version in served - self._served:
-            self.model_info.labels(name=name, version=version).set(1)
             loaded = repository.models[name].store.served[int(version)]
+            runtime = getattr(loaded, "runtime", None)
+            labels = (
+                name,
+                version,
+                runtime.name if runtime is not None else "savedmodel",
+                runtime.fallback if runtime is not None else "",
+            )
+            self._model_info_labels[(name, version)] = labels
+            self.model_info.labels(*labels).set(1)
             self._version_added(name, version, loaded.metadata.metrics.get("test_accuracy"))
         self._served = served
         models = set(repository.models)

@@ -118,7 +118,19 @@ class Settings(BaseSettings):
         description="uploads (and model inputs) this small decode on the event loop, not the "
         "decode pool: cheaper than the thread hop; 0: always use the pool",
     )
-    tf_intra_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
+    tf_intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="the model's threads, TensorFlow's and a compiled runtime's; 0: they decide "
+        "(every core); with several workers, CPUs / workers each",
+    )
+    runtime: str = Field(
+        default="auto",
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="what computes the model: auto (the fastest compiled artifact that passed "
+        "the equivalence rule, else the SavedModel), savedmodel, an artifact (openvino-int8) or "
+        "a runtime (openvino); serving.yaml's runtime overrides it per model",
+    )
     tf_inter_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
     gil_switch_interval_s: float = Field(
         default=0.001,

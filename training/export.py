@@ -21,6 +21,7 @@ from contract.drift import DriftBaseline
 from contract.evaluation import Evaluation
 from contract.metadata import InputSpec, ModelMetadata, checksum_tree, list_versions, write_metadata
 from contract.names import SERVE_ENDPOINT
+from contract.runtimes import RuntimeReport
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ def publish(
     metrics: dict[str, float],
     drift_baseline: DriftBaseline | None = None,
     evaluation: Evaluation | None = None,
+    compile_runtimes: Callable[[Path], RuntimeReport | None] | None = None,
 ) -> tuple[int, Path]:
     """Build a version in a temp folder with ``write_artifacts(tmp_dir) -> endpoint names``,
     write metadata.json last, and rename it to the next free version. Returns (version, path).
@@ -104,6 +106,8 @@ def publish(
     ``drift_baseline``: the version's predictions on its test split, for the service's drift
     gauges (:func:`contract.drift.baseline_from`); None leaves it out of the metadata.
     ``evaluation``: the evaluation gate's verdict (:mod:`training.gate`).
+    ``compile_runtimes(tmp_dir)``: after the artifacts, writes the compiled runtimes under
+    ``tmp_dir/runtimes/`` and returns their report (:mod:`training.compile`).
     """
     model_root = models_dir / name
     model_root.mkdir(parents=True, exist_ok=True)
@@ -113,6 +117,7 @@ def publish(
     tmp.chmod(0o755)
     try:
         endpoints = write_artifacts(tmp)
+        runtimes = compile_runtimes(tmp) if compile_runtimes is not None else None
         files = checksum_tree(tmp)
         _fsync_tree(tmp)
         version = max(list_versions(model_root), default=0) + 1
@@ -131,6 +136,7 @@ def publish(
                 metrics=metrics,
                 drift_baseline=drift_baseline,
                 evaluation=evaluation,
+                runtimes=runtimes,
                 files=files,
             )
             write_metadata(tmp, metadata)

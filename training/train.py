@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 import numpy as np
 
 from contract.names import REPORT_DIR
+from contract.runtimes import RuntimeReport
 from contract.tf_log import import_filtered, quiet_tensorflow
 from training.arch_names import ARCHITECTURES
 from training.data import (
@@ -252,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the weights of this published version of the model (same --arch and "
         "input shape; when the classes differ, the last layer starts afresh): a retrain on "
         "new or feedback data in a few epochs",
+    )
+    parser.add_argument(
+        "--runtimes",
+        choices=["openvino", "none"],
+        default="openvino",
+        help="compile the network for OpenVINO beside the SavedModel (fp32, bf16 where the CPU "
+        "has it, int8), each checked against the SavedModel on the test split and timed; the "
+        "service serves the fastest that passed (README, 'Compiled runtimes')",
     )
     parser.add_argument(
         "--verbose",
@@ -704,6 +713,11 @@ def publish_run(
         metrics=evaluation.metrics,
         drift_baseline=drift_baseline(evaluation, data.class_names),
         evaluation=gate,
+        compile_runtimes=(
+            (lambda tmp: compile_artifacts(tmp, model, datasets))
+            if args.runtimes != "none"
+            else None
+        ),
     )
     total = time.monotonic() - started
     verdict = "blessed" if gate.blessed else "NOT blessed"
@@ -735,6 +749,21 @@ def write_artifacts(
         first_conv_kernels=first_conv_kernels(model),
     )
     return endpoints
+
+
+def compile_artifacts(tmp: Path, model: Any, datasets: Datasets) -> RuntimeReport | None:
+    """The compiled runtimes of the version in ``tmp`` (:mod:`training.compile`), checked on
+    the test split and calibrated on a sample of the training split."""
+    from training.runtimes import (
+        CALIBRATION_IMAGES,
+        MAX_TEST_IMAGES,
+        compile_runtimes,
+        take_images,
+    )
+
+    test = take_images(datasets.test, MAX_TEST_IMAGES)
+    calibration = take_images(datasets.train, CALIBRATION_IMAGES)
+    return compile_runtimes(model, tmp, test, calibration.images)
 
 
 def _export_with_explain(model: Any, path: Path) -> list[str]:

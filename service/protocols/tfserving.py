@@ -144,6 +144,8 @@ def metadata(model: LoadedModel) -> dict[str, Any]:
         "metadata": {
             "signature_def": {
                 "signature_def": {name: signature for name in SIGNATURE_NAMES},
-            }
+            },
+            # Not in TF Serving: what computes the version (savedmodel or a compiled artifact).
+            "runtime": model.runtime.name,
         },
     }

@@ -328,6 +328,7 @@ def model_metadata(name: str, versions: Sequence[int], model: LoadedModel) -> di
         "parameters": {
             "class_names": list(model.metadata.class_names),
             "input_size": [model.metadata.input.height, model.metadata.input.width],
+            "runtime": model.runtime.name,
             "note": f"send one input: {SERVE_INPUT_NAME!r} pixels 0..255, or "
             f"{BYTES_INPUT_NAME!r} encoded images (PNG, JPEG, WebP, BMP, GIF)",
         },

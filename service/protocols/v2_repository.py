@@ -91,7 +91,11 @@ def model_config(
                 "max_queue_size": limits.max_queue_size,
             },
         },
-        "parameters": {"input_size": {"string_value": f"{height}x{width}"}},
+        "parameters": {
+            "input_size": {"string_value": f"{height}x{width}"},
+            # What computes the version: savedmodel, or a compiled artifact (openvino-int8).
+            "runtime": {"string_value": model.runtime.name},
+        },
     }
 
 

@@ -61,6 +61,7 @@ def describe_model(
                 "version": row.version,
                 "state": row.state,
                 **({"reason": row.reason} if row.reason else {}),
+                **_runtime(served, row.version),
                 **(
                     {"rolled_back": rolled_back[str(row.version)]}
                     if str(row.version) in rolled_back
@@ -89,6 +90,21 @@ def describe_model(
             for version, model in sorted(served.store.served.items(), reverse=True)
         },
     }
+
+
+def _runtime(served: ServedModel, version: int) -> dict[str, Any]:
+    """A served version's ``runtime``: what computes it, and why not what was asked
+    (``fallback``, ``detail``) when it runs on its SavedModel instead."""
+    model = served.store.served.get(version)
+    if model is None:
+        return {}
+    choice = model.runtime
+    runtime: dict[str, Any] = {"name": choice.name, "asked": served.store.runtime}
+    if choice.fallback:
+        runtime["fallback"] = choice.fallback
+    if choice.detail:
+        runtime["detail"] = choice.detail
+    return {"runtime": runtime}
 
 
 @router.get("/models", summary="Every model, its versions and states, labels and policy")

@@ -156,6 +156,12 @@ class ModelConfig(_Strict):
         default=None,
         description="progressive canary of new blessed versions (python -m service.rollout)",
     )
+    runtime: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]*$",
+        description="IMGCLS_RUNTIME for this model: auto, savedmodel, an artifact (openvino-int8) "
+        "or a runtime (openvino); applies to the versions loaded after the change",
+    )
 
     @model_validator(mode="after")
     def _rollout_fits_beside_the_other_weights(self) -> ModelConfig:

@@ -32,8 +32,11 @@ from contract.metadata import (
     verify_version_dir,
 )
 from contract.names import SERVE_ENDPOINT
+from contract.runtimes import AUTO
 from contract.tf_log import import_filtered
+from service.serving import runtimes
 from service.serving.config import LatestPolicy, VersionPolicy, select_versions
+from service.serving.runtimes import LOAD_FAILED, SAVEDMODEL_CHOICE, RuntimeChoice
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +66,8 @@ class LoadedModel:
     path: Path
     module: Any  # the object tf.saved_model.load returned; keeps the variables alive
     loaded_at: float = field(default_factory=time.time)
+    #: What computes its batches: the SavedModel or a compiled artifact (:mod:`.runtimes`).
+    runtime: RuntimeChoice = SAVEDMODEL_CHOICE
 
     @property
     def name(self) -> str:
@@ -84,7 +89,16 @@ class LoadedModel:
         return getattr(self.module, name)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) float32 pixels 0..255 -> (N, num_classes) float32 probabilities."""
+        """(N, H, W, 3) float32 pixels 0..255 -> (N, num_classes) float32 probabilities, on
+        the compiled network when one serves and the images are at the input size (else on
+        the SavedModel, which resizes)."""
+        network = self.runtime.network
+        if network is not None and images.shape[1:3] == self.input_size:
+            return network.predict(images)
+        return self.predict_savedmodel(images)
+
+    def predict_savedmodel(self, images: np.ndarray) -> np.ndarray:
+        """``predict`` on the SavedModel's ``serve`` endpoint, whatever runtime serves."""
         import tensorflow as tf
 
         return np.asarray(self.module.serve(tf.convert_to_tensor(images, dtype=tf.float32)))
@@ -149,8 +163,14 @@ class ModelStore:
         on_change: Callable[[ModelStore], None] | None = None,
         loader: Callable[[Path, ModelMetadata], LoadedModel] = load_saved_model,
         policy: VersionPolicy | None = None,
+        runtime: str = AUTO,
+        runtime_threads: int = 0,
     ) -> None:
         self.model_dir = model_dir
+        #: What new versions should run on (IMGCLS_RUNTIME or serving.yaml's ``runtime``).
+        self.runtime = runtime
+        #: The compiled runtime's threads (0: its default); the worker's model threads.
+        self.runtime_threads = runtime_threads
         self.repository_root = repository_root
         self.max_batch_size = max_batch_size
         self.policy: VersionPolicy = policy if policy is not None else LatestPolicy()
@@ -319,10 +339,11 @@ class ModelStore:
             self._loading = None
         self._failed.pop(version, None)
         logger.info(
-            "loaded and warmed up %s version %d in %.2f s",
+            "loaded and warmed up %s version %d in %.2f s, on %s",
             model.name,
             version,
             time.monotonic() - started,
+            model.runtime.name,
         )
         return model
 
@@ -334,6 +355,24 @@ class ModelStore:
                 f"but it sits under {self.model_dir.name!r}"
             )
         model = self._loader(path, metadata)
+        model.runtime = runtimes.choose(path, metadata, self.runtime, threads=self.runtime_threads)
+        if model.runtime.network is not None:
+            try:
+                warm_up(model, self.max_batch_size)
+                return model
+            except Exception as exc:  # the compiled network failed: the SavedModel serves
+                model.runtime = RuntimeChoice(
+                    runtimes.SAVEDMODEL, fallback=LOAD_FAILED, detail=f"warm-up: {exc}"
+                )
+        if model.runtime.fallback:
+            logger.warning(
+                "%s version %d runs on its SavedModel instead of %r: %s (%s)",
+                metadata.name,
+                metadata.version,
+                self.runtime,
+                model.runtime.fallback,
+                model.runtime.detail,
+            )
         warm_up(model, self.max_batch_size)
         return model
 

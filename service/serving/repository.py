@@ -264,6 +264,8 @@ class ModelRepository:
                 on_reload=self._on_reload,
                 loader=self._loader,
                 policy=model_config.version_policy,
+                runtime=model_config.runtime or self.settings.runtime,
+                runtime_threads=self.settings.tf_intra_op_threads,
             )
             store.keep = frozenset(t.version for t in model_config.labels.values())
             batcher = await self._start_batcher(name, limits)
@@ -271,6 +273,7 @@ class ModelRepository:
             logger.info("model %r found: %s", name, model_config.describe_policy())
             return
         served.store.policy = model_config.version_policy
+        served.store.runtime = model_config.runtime or self.settings.runtime
         served.store.keep = frozenset(t.version for t in model_config.labels.values())
         served.store.max_batch_size = limits.max_batch_size
         if limits != served.limits:

@@ -49,7 +49,10 @@ def test_model_config_has_triton_shape_and_the_service_limits() -> None:
             "max_queue_size": 256,
         },
     }
-    assert answer["parameters"] == {"input_size": {"string_value": "28x28"}}
+    assert answer["parameters"] == {
+        "input_size": {"string_value": "28x28"},
+        "runtime": {"string_value": "savedmodel"},
+    }
 
 
 @pytest.mark.parametrize(
