@@ -16,6 +16,7 @@ models:
     capture_rate: 0.05                 # store 5 % of its inputs for feedback
     gate: {max_accuracy_drop: 0.005, max_class_recall_drop: 0.05}  # train.py's evaluation gate
     rollout: {step_weight: 0.1, max_weight: 0.5, interval_s: 60, threshold: 3}  # the controller
+    runtime: openvino-int8             # or auto, savedmodel, openvino (IMGCLS_RUNTIME per model)
 ```
 
 A version a label names is served beside the policy's versions (when it loads): publishing a new
