@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers.images import digit_png
-from tests.helpers.models import republish
+from tests.helpers.models import auto_runtime, republish
 from tests.helpers.servers import metric_value
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +88,7 @@ def test_new_version_is_served_without_failing_a_request(
     assert after and set(after) == {2}
     models = httpx.get(srv.url + "/models").json()
     assert models["versions"] == [
-        {"version": 2, "state": "serving"},
+        {"version": 2, "state": "serving", "runtime": auto_runtime(repo_copy / "digits" / "2")},
         {"version": 1, "state": "available"},
     ]
     text = httpx.get(srv.url + "/metrics").text

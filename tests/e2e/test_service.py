@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.images import png_declaring
+from tests.helpers.models import auto_runtime
 from tests.helpers.servers import Server, metric_value
 from training.data import load_digits_data
 
@@ -230,12 +231,13 @@ def test_oversize_upload_is_refused_before_reading_it(server: Server) -> None:
     assert httpx.get(server.url + "/healthz").status_code == 200
 
 
-def test_health_readiness_and_models_routes(server: Server) -> None:
+def test_health_readiness_and_models_routes(server: Server, trained_repo: Path) -> None:
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["model"] == {"name": "digits", "version": 1}
     models = httpx.get(server.url + "/models").json()
-    assert models["versions"] == [{"version": 1, "state": "serving"}]
+    runtime = auto_runtime(trained_repo / "digits" / "1")
+    assert models["versions"] == [{"version": 1, "state": "serving", "runtime": runtime}]
     assert models["serving"]["class_names"] == [str(d) for d in range(10)]
     assert models["serving"]["metrics"]["test_accuracy"] >= 0.97
 

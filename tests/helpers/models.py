@@ -138,8 +138,22 @@ def republish(
         metrics=meta.metrics,
         # The same network predicts the same: its baseline holds, unless the classes are renamed.
         drift_baseline=meta.drift_baseline if class_names is None else None,
+        # ... and its compiled artifacts (copied with the rest) are checked as they were.
+        compile_runtimes=lambda tmp: meta.runtimes,
     )
     return version
+
+
+def auto_runtime(version_dir: Path) -> dict[str, str]:
+    """``/models``' ``runtime`` of a version served with ``IMGCLS_RUNTIME=auto`` on this
+    machine: the fastest artifact that passed the rule and measured faster than the SavedModel
+    when published (:func:`contract.runtimes.ranked_candidates`), else the SavedModel."""
+    from contract.metadata import read_metadata
+    from contract.runtimes import SAVEDMODEL, cpu_flags, ranked_candidates
+
+    report = read_metadata(version_dir).runtimes
+    ranked = ranked_candidates(report, cpu_flags()) if report is not None else []
+    return {"name": ranked[0].name if ranked else SAVEDMODEL, "asked": "auto"}
 
 
 class FakeModel(LoadedModel):

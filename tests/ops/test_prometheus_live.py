@@ -34,7 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.feedback import captured
 from tests.helpers.images import digit_label, digit_pngs
-from tests.helpers.models import republish
+from tests.helpers.models import auto_runtime, republish
 from tests.helpers.ops import ALERT_RULES, iter_dashboard_queries, reads_the_controller
 from tests.helpers.prometheus import (
     PROMETHEUS_START_TIMEOUT_S,
@@ -300,6 +300,7 @@ def test_counts_per_model_version(monitored: Monitored) -> None:
 def test_serving_versions_labels_and_readiness(monitored: Monitored) -> None:
     prom = monitored.prometheus
     infos = prom.query("imgcls_model_info")
+    runtimes = {v: auto_runtime(monitored.models_dir / "digits" / v)["name"] for v in ("1", "2")}
     assert sorted((info["metric"] for info in infos), key=lambda m: m["version"]) == [
         {
             "__name__": "imgcls_model_info",
@@ -307,8 +308,10 @@ def test_serving_versions_labels_and_readiness(monitored: Monitored) -> None:
             "instance": monitored.instance,
             "name": "digits",
             "version": version,
+            "runtime": runtime,
+            # An empty label is no label in Prometheus: no fallback.
         }
-        for version in ("1", "2")
+        for version, runtime in runtimes.items()
     ]
     assert all(float(info["value"][1]) == 1 for info in infos)
     assert prom.scalar("imgcls_model_ready") == 1
@@ -528,7 +531,15 @@ def test_series_follow_what_is_served_with_two_workers(
                 )
             }
 
-        only_v3 = {(("name", "digits"), ("version", "3"))}
+        v3 = models_dir / "digits" / "3"
+        only_v3 = {
+            (
+                ("fallback", ""),
+                ("name", "digits"),
+                ("runtime", auto_runtime(v3)["name"]),
+                ("version", "3"),
+            )
+        }
         series = prom.wait_for(
             "only digits 3 in /metrics",
             current,

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers.images import digit_png, noise_png
+from tests.helpers.models import auto_runtime
 from tests.helpers.servers import Server, metric_value, metrics_text
 from tests.helpers.stress_model import POISON_MESSAGE
 
@@ -94,6 +95,7 @@ def test_repository_faults_keep_the_loaded_version_serving(
 ) -> None:
     srv: Server = server_factory(repo_copy, poll_interval_s=str(POLL_INTERVAL_S))  # type: ignore[operator]
     model_dir = repo_copy / "digits"
+    runtime = auto_runtime(model_dir / "1")
 
     def models() -> dict[str, object]:
         return dict(httpx.get(srv.url + "/models", timeout=10).json())
@@ -136,7 +138,7 @@ def test_repository_faults_keep_the_loaded_version_serving(
     ready = httpx.get(srv.url + "/readyz", timeout=10)
     assert ready.status_code == 200 and "serving the loaded version" in ready.json()["warning"]
     assert served() == 1
-    assert models()["versions"] == [{"version": 1, "state": "serving"}]
+    assert models()["versions"] == [{"version": 1, "state": "serving", "runtime": runtime}]
 
     # 3. A file where the folder was: the same.
     model_dir.write_text("not a folder")
