@@ -130,8 +130,11 @@ def loadgen_probe(
         null.stop()
 
 
-def compute_ceiling(version_dir: Path, seconds: float) -> dict[str, Any]:
-    """Run :mod:`bench.compute` in a fresh process and return its JSON."""
+def compute_ceiling(
+    version_dir: Path, seconds: float, batch_sizes: str = "1,8,16,32,64"
+) -> dict[str, Any]:
+    """Run :mod:`bench.compute` in a fresh process at ``batch_sizes`` (comma-separated) and
+    return its JSON."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [
         sys.executable,
@@ -141,7 +144,7 @@ def compute_ceiling(version_dir: Path, seconds: float) -> dict[str, Any]:
         "--seconds",
         str(seconds),
         "--batch-sizes",
-        "1,8,16,32,64",
+        batch_sizes,
     ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -95,7 +95,8 @@ class RuntimeArtifact(BaseModel):
     test_accuracy: float = Field(ge=0, le=1)
     test_images: int = Field(ge=0, description="images the three figures above were taken on")
     images_per_s: dict[str, float] = Field(
-        description="batch size -> images/s on the publishing machine, one thread"
+        description="batch size -> images/s on the publishing machine, its default threads "
+        "(every core), measured interleaved with the SavedModel's"
     )
     passed: bool = Field(description="whether it met the rule (and may be served)")
     reason: str = Field(default="", description="why it did not pass ('' when it did)")

@@ -359,6 +359,10 @@ class ModelStore:
         if model.runtime.network is not None:
             try:
                 warm_up(model, self.max_batch_size)
+                # The SavedModel still computes pixels at other sizes: its first call must not
+                # pay TensorFlow's start-up either.
+                height, width = model.input_size
+                model.predict_savedmodel(np.zeros((1, height, width, 3), dtype=np.float32))
                 return model
             except Exception as exc:  # the compiled network failed: the SavedModel serves
                 model.runtime = RuntimeChoice(
