@@ -119,7 +119,9 @@ def create_app(
     _add_error_handlers(app, settings, service_metrics)
     for router in (
         predict.router,
+        tfserving.predict_router,
         tfserving.router,
+        v2.infer_router,
         v2.router,
         health.router,
         models.router,

@@ -8,14 +8,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service import dataplane
-from service.deps import State
+from service.deps import State, state_of
 from service.http.auth import check_api_key
+from service.http.direct_route import DirectRoute
 from service.http.errors import ClientError
 from service.protocols import tfserving
 from service.protocols.body import parse_json, read_protocol_body
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v1/models", tags=["tensorflow-serving"])
+# The predict routes read the request themselves: FastAPI's parameter handling would only cost
+# time on the hot path (service.http.direct_route).
+predict_router = APIRouter(
+    prefix="/v1/models", tags=["tensorflow-serving"], route_class=DirectRoute
+)
 
 #: Answer header naming the version that computed a prediction (a canary, say).
 VERSION_HEADER = "X-Model-Version"
@@ -43,19 +49,23 @@ async def _predict(
     )
 
 
-@router.post("/{name}:predict", summary="TF Serving predict (default version)")
-async def predict(name: str, request: Request, state: State) -> JSONResponse:
-    return await _predict(request, state, name)
+@predict_router.post("/{name}:predict", summary="TF Serving predict (default version)")
+async def predict(name: str, request: Request) -> JSONResponse:
+    return await _predict(request, state_of(request), name)
 
 
-@router.post("/{name}/versions/{version}:predict", summary="TF Serving predict, one version")
-async def predict_version(name: str, version: str, request: Request, state: State) -> JSONResponse:
-    return await _predict(request, state, name, version=version)
+@predict_router.post(
+    "/{name}/versions/{version}:predict", summary="TF Serving predict, one version"
+)
+async def predict_version(name: str, version: str, request: Request) -> JSONResponse:
+    return await _predict(request, state_of(request), name, version=version)
 
 
-@router.post("/{name}/labels/{label}:predict", summary="TF Serving predict, a labelled version")
-async def predict_label(name: str, label: str, request: Request, state: State) -> JSONResponse:
-    return await _predict(request, state, name, label=label)
+@predict_router.post(
+    "/{name}/labels/{label}:predict", summary="TF Serving predict, a labelled version"
+)
+async def predict_label(name: str, label: str, request: Request) -> JSONResponse:
+    return await _predict(request, state_of(request), name, label=label)
 
 
 def _status(state: ServiceState, name: str, version: int | None = None) -> dict[str, object]:

@@ -14,13 +14,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import dataplane
-from service.deps import State
+from service.deps import State, state_of
 from service.http.auth import check_api_key
+from service.http.direct_route import DirectRoute
 from service.protocols import v2, v2_repository
 from service.protocols.body import parse_json, read_protocol_body
 from service.state import ServiceState
 
 router = APIRouter(prefix="/v2", tags=["open-inference-v2"])
+# The inference routes read the request themselves: FastAPI's parameter handling would only
+# cost time on the hot path (service.http.direct_route).
+infer_router = APIRouter(prefix="/v2", tags=["open-inference-v2"], route_class=DirectRoute)
 
 
 @router.get("", summary="Server metadata: name, version, extensions")
@@ -121,14 +125,14 @@ async def _infer(
     )
 
 
-@router.post("/models/{name}/infer", summary="Inference (the default version)")
-async def infer(name: str, request: Request, state: State) -> Response:
-    return await _infer(request, state, name)
+@infer_router.post("/models/{name}/infer", summary="Inference (the default version)")
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(request, state_of(request), name)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
-async def infer_version(name: str, version: str, request: Request, state: State) -> Response:
-    return await _infer(request, state, name, version)
+@infer_router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(request, state_of(request), name, version)
 
 
 # --- Triton's model repository extension ------------------------------------------------------
