@@ -5,6 +5,7 @@ streams refused with a 400, and JSON parsed with a clear 400."""
 from __future__ import annotations
 
 import gzip
+import json
 import tracemalloc
 import zlib
 
@@ -112,3 +113,19 @@ def test_parse_json_says_where_it_breaks() -> None:
     with pytest.raises(ClientError) as caught:
         parse_json(b'{"a": ')
     assert caught.value.status_code == 400 and "line 1, column 7" in str(caught.value.detail)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"data": [0, 1.5, -2, 1e-7, 255], "name": "images", "nested": {"a": [true, null]}}',
+        b'{"a": 1, "a": 2}',  # the last duplicate wins, as json.loads does
+        b'{"v": [NaN, Infinity]}',  # orjson refuses these literals; json.loads takes them
+        b'["\\ud800"]',  # a lone surrogate: the same
+    ],
+)
+def test_parse_json_reads_every_body_as_json_loads_did(body: bytes) -> None:
+    """orjson is only the fast path: what it refuses, json.loads reads as before (the checks
+    downstream then give the same answer, e.g. 'finite' for NaN pixels)."""
+    parsed = parse_json(body)
+    assert json.dumps(parsed, sort_keys=True) == json.dumps(json.loads(body), sort_keys=True)
