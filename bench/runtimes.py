@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench import references
-from bench.servers import ROOT
+from bench.servers import ROOT, _children
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "runtimes"
 DEFAULT_CACHE = ROOT / "bench" / "results" / "models"  # the bench's shared model cache
@@ -566,19 +566,6 @@ def serving_repository(model: Model, root: Path) -> Path:
     return repo
 
 
-def _ppids() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-    return children
-
-
 def _status_kib(pid: int, path: str, key: str) -> int:
     try:
         text = Path(f"/proc/{pid}/{path}").read_text()
@@ -592,12 +579,11 @@ def _status_kib(pid: int, path: str, key: str) -> int:
 
 def tree_pids(pid: int) -> list[int]:
     """``pid`` and its descendants."""
-    children = _ppids()
     pids, stack = [], [pid]
     while stack:
         current = stack.pop()
         pids.append(current)
-        stack.extend(children.get(current, []))
+        stack.extend(_children(current))
     return pids
 
 

@@ -161,8 +161,8 @@ def choose(
                 SAVEDMODEL, fallback=CPU_UNSUPPORTED, detail=f"this CPU lacks {needs}"
             )
         candidates.sort(key=lambda a: speed_score(a.images_per_s), reverse=True)
-    # Try the candidates in order; what the last one failed with is the fallback's reason.
-    fallback, detail = "", ""
+    # Try the candidates in order (never none); what the last one failed with is the
+    # fallback's reason.
     for artifact in candidates:
         fallback, detail, network = _try_open(version_dir, metadata, artifact, threads)
         if network is not None:
