@@ -130,13 +130,23 @@ def speed_score(images_per_s: dict[str, float]) -> float:
 
 
 def ranked_candidates(report: RuntimeReport, cpu_flags: set[str]) -> list[RuntimeArtifact]:
-    """The artifacts that passed the rule, can run on a CPU with ``cpu_flags`` and measured
-    faster than the SavedModel, fastest first: what ``auto`` tries, in order."""
+    """The artifacts that passed the rule, can run on a CPU with ``cpu_flags``, take the
+    service's pixels and measured faster than the SavedModel, fastest first: what ``auto``
+    tries, in order.
+
+    An artifact whose network starts after a TensorFlow preprocess (``network_input``
+    "preprocessed": the digits' normalisation) is left to a request by name or runtime: each
+    of its calls runs TensorFlow and then the compiled network, and measured on digits it
+    answered 0.73-0.89x the SavedModel's requests per second over V2 HTTP under load (though
+    faster one call at a time; BENCHMARKS.md, "Issue 23, lever 3")."""
     floor = speed_score(report.savedmodel_images_per_s)
     usable = [
         a
         for a in report.artifacts
-        if a.passed and set(a.cpu_flags) <= cpu_flags and speed_score(a.images_per_s) > floor
+        if a.passed
+        and set(a.cpu_flags) <= cpu_flags
+        and a.network_input == "pixels"
+        and speed_score(a.images_per_s) > floor
     ]
     return sorted(usable, key=lambda a: speed_score(a.images_per_s), reverse=True)
 

@@ -1,8 +1,9 @@
 """Which runtime computes a version: its SavedModel, or a compiled artifact beside it.
 
 ``IMGCLS_RUNTIME`` (or a model's ``runtime`` in serving.yaml) asks for ``auto`` (the default:
-the fastest artifact that passed the equivalence rule and measured faster than the SavedModel
-when it was published, see :mod:`contract.runtimes`), ``savedmodel``, or an artifact by name
+the fastest artifact that passed the equivalence rule, takes pixels and measured faster than
+the SavedModel when it was published, see :func:`contract.runtimes.ranked_candidates`),
+``savedmodel``, or an artifact by name
 (``openvino-int8``) or by runtime (``openvino``: its fastest passed artifact). An artifact is
 served only when it passed the rule, runs on this CPU, its files match their checksums and it
 loads and answers a test batch; otherwise the SavedModel serves, the reason is logged and shown
@@ -143,7 +144,7 @@ def choose(
     if asked == AUTO:
         candidates = ranked_candidates(report, flags)
         if not candidates:  # not a fallback: the SavedModel measured fastest (or nothing passed)
-            return RuntimeChoice(SAVEDMODEL, detail=_why_savedmodel(report))
+            return RuntimeChoice(SAVEDMODEL, detail=why_savedmodel(report))
     else:
         named = [a for a in report.artifacts if asked in (a.name, a.runtime)]
         if not named:
@@ -211,7 +212,13 @@ def answers_problem(network: CompiledNetwork, metadata: ModelMetadata) -> str:
     return ""
 
 
-def _why_savedmodel(report: Any) -> str:
+def why_savedmodel(report: Any) -> str:
+    """Why ``auto`` chose the SavedModel of a version that has artifacts (``runtime.detail``)."""
     if not any(a.passed for a in report.artifacts):
         return "no artifact passed the equivalence rule"
+    if all(a.network_input == "preprocessed" for a in report.artifacts if a.passed):
+        return (
+            "its artifacts run after a TensorFlow preprocess, which auto leaves to a request by "
+            "name (IMGCLS_RUNTIME=openvino-int8): slower than the SavedModel under load"
+        )
     return "no passed artifact measured faster than the SavedModel on this CPU"

@@ -95,6 +95,14 @@ def test_auto_ranks_passed_faster_runnable_artifacts_fastest_first() -> None:
     assert [a.name for a in ranked] == ["fast", "medium"]
 
 
+def test_auto_leaves_an_artifact_behind_a_tensorflow_preprocess() -> None:
+    behind = artifact("int8-after-preprocess", 900).model_copy(
+        update={"network_input": "preprocessed"}
+    )
+    ranked = ranked_candidates(report(behind, artifact("fp32", 200)), cpu_flags={"avx2"})
+    assert [a.name for a in ranked] == ["fp32"]
+
+
 def write_artifact(version_dir: Path, name: str = "openvino-fp32") -> RuntimeArtifact:
     folder = version_dir / RUNTIMES_DIR / name
     folder.mkdir(parents=True)

@@ -146,14 +146,19 @@ def republish(
 
 def auto_runtime(version_dir: Path) -> dict[str, str]:
     """``/models``' ``runtime`` of a version served with ``IMGCLS_RUNTIME=auto`` on this
-    machine: the fastest artifact that passed the rule and measured faster than the SavedModel
-    when published (:func:`contract.runtimes.ranked_candidates`), else the SavedModel."""
+    machine: the first of :func:`contract.runtimes.ranked_candidates`, else the SavedModel
+    with auto's reason (``detail``)."""
     from contract.metadata import read_metadata
     from contract.runtimes import SAVEDMODEL, cpu_flags, ranked_candidates
+    from service.serving.runtimes import why_savedmodel
 
     report = read_metadata(version_dir).runtimes
     ranked = ranked_candidates(report, cpu_flags()) if report is not None else []
-    return {"name": ranked[0].name if ranked else SAVEDMODEL, "asked": "auto"}
+    if ranked:
+        return {"name": ranked[0].name, "asked": "auto"}
+    has_artifacts = report is not None and bool(report.artifacts)
+    detail = why_savedmodel(report) if has_artifacts else "the version has no artifact"
+    return {"name": SAVEDMODEL, "asked": "auto", "detail": detail}
 
 
 class FakeModel(LoadedModel):
