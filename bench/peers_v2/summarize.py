@@ -1,5 +1,6 @@
 """summarize.py OUTDIR -> markdown on stdout: settings, answer checks, the goal (the project's
-defaults over the best of Triton and MLServer, per body, at each concurrency, run by run), one
+defaults over the best of Triton and MLServer, per body, at each concurrency, run by run; issue
+23's: 1.0x Triton's req/s at most 1.2x its CPU per request), one
 table per body x concurrency (runs side by side, ratio to the project's defaults row), startup
 times, raw rows."""
 
@@ -22,10 +23,11 @@ for r in rows:  # older smoke runs named these columns busy_before / busy_during
     r.setdefault("busy_pct_during", r.get("busy_during", ""))
 checks = read_tsv(f"{d}/checks.tsv")
 starts = read_tsv(f"{d}/startup.tsv")
-ORDER = ["imgcls", "imgcls_w1", "triton", "mlserver", "kserve"]
+ORDER = ["imgcls", "imgcls_w1", "imgcls_sm", "triton", "mlserver", "kserve"]
 NAMES = {
     "imgcls": "imgcls (ours, IMGCLS_WORKERS unset = auto)",
     "imgcls_w1": "imgcls (ours, IMGCLS_WORKERS=1)",
+    "imgcls_sm": "imgcls (ours, IMGCLS_RUNTIME=savedmodel)",
     "triton": "Triton 2.51.0 python backend + TF (dynamic batching)",
     "mlserver": "MLServer 1.7.1 custom runtime (adaptive batching)",
     "kserve": "KServe 0.21 ModelServer custom Model (no batcher)",
@@ -101,29 +103,70 @@ def rate(server, body, conc, run):
     return float(r["req_s"]) if r else None
 
 
+def field(server, body, conc, run, key):
+    r = by.get((server, body, conc), {}).get(run)
+    return float(r[key]) if r and r[key] not in ("", "-") else None
+
+
+def goal_rows(point_cell):
+    """One row per body and concurrency: each run's cell and whether it met the goal;
+    ``point_cell(body, conc, run)`` -> (text, met), or None when a figure is missing."""
+    for body in bodies:
+        for conc in concs:
+            cells, met = [], []
+            for run in runs:
+                found = point_cell(body, conc, run)
+                cells.append(found[0] if found else "-")
+                met += [found[1]] if found else []
+            verdict = "-" if not met else ("yes" if all(met) else f"{sum(met)}/{len(met)}")
+            print(f"| {body} | {conc} | " + " | ".join(cells) + f" | {verdict} |")
+
+
+def over_best_peer(body, conc, run):
+    ours = rate("imgcls", body, conc, run)
+    peers = [(v, p) for p in PEERS if (v := rate(p, body, conc, run))]
+    if not ours or not peers:
+        return None
+    best, who = max(peers)
+    return f"{ours / best:.2f} ({ours:.0f} ÷ {who} {best:.0f})", ours / best >= GOAL
+
+
+def against_triton(body, conc, run):
+    point = (body, conc, run)
+    ours, theirs = field("imgcls", *point, "req_s"), field("triton", *point, "req_s")
+    cpu, their_cpu = (
+        field("imgcls", *point, "cpu_ms_per_req"),
+        field("triton", *point, "cpu_ms_per_req"),
+    )
+    p50, p99 = field("imgcls", *point, "p50_ms"), field("imgcls", *point, "p99_ms")
+    if not (ours and theirs and cpu and their_cpu):
+        return None
+    tail = p99 / p50 if p50 and p99 else None
+    tail_ok = tail is None or conc != "64" or tail <= 4
+    text = f"{ours / theirs:.2f}, {cpu / their_cpu:.2f}, " + (f"{tail:.1f}" if tail else "-")
+    return text, ours / theirs >= 1.0 and cpu / their_cpu <= 1.2 and tail_ok
+
+
 if "imgcls" in known and any(p in known for p in PEERS):
     print(
-        f"\n## Goal: imgcls (defaults) >= {GOAL}x the best of Triton and MLServer, same run\n\n"
+        f"\n## Goal of issue 21: imgcls (defaults) >= {GOAL}x the best of Triton and MLServer\n\n"
         "Per run: imgcls req/s ÷ the best peer's req/s on the same body and concurrency (the "
         "peer in brackets; a peer that could not answer a body is not counted).\n"
     )
     print("| body | c | " + " | ".join(f"run {x}" for x in runs) + " | met |")
     print("|---|---|" + "---|" * len(runs) + "---|")
-    for body in bodies:
-        for conc in concs:
-            cells, met = [], []
-            for run in runs:
-                ours = rate("imgcls", body, conc, run)
-                peers = [(rate(p, body, conc, run), p) for p in PEERS]
-                peers = [(v, p) for v, p in peers if v]
-                if not ours or not peers:
-                    cells.append("-")
-                    continue
-                best, who = max(peers)
-                cells.append(f"{ours / best:.2f} ({ours:.0f} ÷ {who} {best:.0f})")
-                met.append(ours / best >= GOAL)
-            verdict = "-" if not met else ("yes" if all(met) else f"{sum(met)}/{len(met)}")
-            print(f"| {body} | {conc} | " + " | ".join(cells) + f" | {verdict} |")
+    goal_rows(over_best_peer)
+
+if "imgcls" in known and "triton" in known:
+    print(
+        "\n## Goal of issue 23: imgcls (defaults) >= 1.0x Triton's req/s with server CPU per "
+        "request <= 1.2x Triton's; p99 <= 4x p50 at c=64\n\n"
+        "Per run: req/s ÷ Triton's, CPU ms/req ÷ Triton's, and the service's p99 ÷ p50, same "
+        "body and concurrency.\n"
+    )
+    print("| body | c | " + " | ".join(f"run {x}: req/s, CPU, p99÷p50" for x in runs) + " | met |")
+    print("|---|---|" + "---|" * len(runs) + "---|")
+    goal_rows(against_triton)
 
 
 def cell(run, key, f):
