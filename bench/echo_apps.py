@@ -41,7 +41,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def asgi_echo(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-    """Read the body to its end, answer :data:`ANSWER` (404 for anything but a POST)."""
+    """Read the body to its end, answer :data:`ANSWER`: 200 to a POST or to ``/healthz``
+    (the bench's ready check), 404 otherwise."""
     if scope["type"] == "lifespan":
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})

@@ -44,6 +44,9 @@ BODIES = ("binary", "json")
 
 @dataclass
 class Point:
+    """One load run: a server and a body, its req/s, the server's CPU per answered request
+    (µs, its whole process tree), wrk's latencies (ms) and error count."""
+
     server: str
     body: str
     repeat: int
@@ -90,6 +93,8 @@ def scripts(out: Path) -> tuple[dict[str, Path], dict[str, tuple[bytes, dict[str
 
 
 def load(server: ServerProcess, script: Path, concurrency: int, seconds: int) -> Point:
+    """``seconds`` of wrk with ``concurrency`` connections on ``script``'s body, pinned to the
+    last CPU, and the server's CPU around it."""
     url = server.url + f"/v2/models/{DIGITS}/infer"
     before = server.cpu_seconds()
     level = loadgen.run_wrk(
@@ -110,6 +115,7 @@ def load(server: ServerProcess, script: Path, concurrency: int, seconds: int) ->
 
 
 def table(points: list[Point], repeats: int) -> str:
+    """The Markdown table: per body and server, the medians, and the CPU over the raw echo."""
     lines = [
         "| body | server | req/s (median) | server CPU µs/req (median) | p50 / p99 ms | "
         "CPU over echo-asgi | all runs req/s |",

@@ -20,11 +20,12 @@ all (each loop sends one image, awaits its answer, waits for its next slot), and
 ``--frontend-us`` of CPU per request on its event loop first (a stand-in for the HTTP parsing,
 routing and tensor checks the service's loop does per request: 450-650 µs in BENCHMARKS.md's
 V2 budget), so that the front ends compete for the cores as they do in the service. All
-processes time the same window (``time.monotonic`` is system-wide) with ``time.process_time``
-(every thread of the process, the model's pools included).
+processes load first and say so; then the parent gives them all the same window
+(``time.monotonic`` is system-wide), timed with ``time.process_time`` (every thread of the
+process, the model's pools included).
 
     python -m bench.handoff --model models/digits/1 --runtime savedmodel
-    python -m bench.handoff --model models/digits/1 --runtime auto --rate 2500
+    python -m bench.handoff --model models/digits/1 --runtime openvino-int8 --rate 2500
 
 Prints one table (median of ``--repeats``, the layouts interleaved within each repeat) and writes
 the raw figures to ``--out`` (JSON).
@@ -48,9 +49,17 @@ from typing import Any, cast
 
 import numpy as np
 
+from service.serving.batching import Batcher
+
 ROOT = Path(__file__).resolve().parent.parent
 #: A frame on the socket: request id, payload bytes (little-endian uint32 each), then the payload.
 HEADER = struct.Struct("<II")
+#: What a process prints once loaded; the parent then writes the window ("start end") to it.
+READY = "HANDOFF-READY"
+#: Longest wait for one answer, seconds: a lost answer fails the run instead of hanging it.
+ANSWER_TIMEOUT_S = 10.0
+#: Longest wait for the processes to load (TensorFlow's import, the model), seconds.
+LOAD_TIMEOUT_S = 180.0
 LAYOUTS = ("per-worker", "handoff")
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -77,34 +86,36 @@ def load_predict(model: str | None, runtime: str, threads: int) -> tuple[Predict
         return loaded.predict_savedmodel, "savedmodel"
     choice = runtimes.choose(path, metadata, asked=runtime, threads=threads)
     if choice.network is None:
-        return loaded.predict_savedmodel, f"savedmodel ({choice.fallback})"
+        return loaded.predict_savedmodel, f"savedmodel ({choice.fallback or runtime})"
     return choice.network.predict, choice.name
 
 
-def make_batcher(predict: Predict) -> Any:
+class BatchCount:
+    """A Batcher observer counting the images and batches started while ``counting``."""
+
+    def __init__(self) -> None:
+        self.images = self.batches = 0
+        self.counting = False
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
+        if self.counting:
+            self.images += size
+            self.batches += 1
+
+    def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
+        pass
+
+    def rejected(self, reason: str) -> None:
+        pass
+
+
+def make_batcher(predict: Predict) -> tuple[Batcher[np.ndarray, np.ndarray], BatchCount]:
     """The service's Batcher with the service's defaults (max batch 32, no timeout, fill wait
-    0.1), counting the images of the batches it starts."""
-    from service.serving.batching import Batcher
-
-    class Count:
-        images = batches = 0
-        counting = False
-
-        def queue_depth(self, depth: int) -> None:
-            pass
-
-        def batch_started(self, size: int, queue_waits_s: Sequence[float]) -> None:
-            if self.counting:
-                self.images += size
-                self.batches += 1
-
-        def batch_finished(self, size: int, duration_s: float, error: BaseException | None) -> None:
-            pass
-
-        def rejected(self, reason: str) -> None:
-            pass
-
-    count = Count()
+    0.1), and what counts its batches."""
+    count = BatchCount()
     batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
         lambda images: list(predict(np.stack(images))),
         max_batch_size=32,
@@ -144,14 +155,22 @@ class Coalescer:
 class FrameReader(asyncio.Protocol):
     """Splits a byte stream into frames and hands each to ``on_frame(request_id, payload)``."""
 
-    def __init__(self, on_frame: Callable[[FrameReader, int, bytes], None]) -> None:
+    def __init__(
+        self,
+        on_frame: Callable[[FrameReader, int, bytes], None],
+        on_lost: Callable[[], None] = lambda: None,
+    ) -> None:
         self.on_frame = on_frame
+        self.on_lost = on_lost
         self.buffer = bytearray()
         self.out: Coalescer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; they have its methods
         self.out = Coalescer(cast(asyncio.Transport, transport))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -173,15 +192,27 @@ async def window(start: float, end: float) -> tuple[float, float]:
     return time.process_time() - cpu, time.monotonic() - wall
 
 
+def digit_image() -> np.ndarray:
+    """The request: one digit as the float32 (28, 28, 3) array the tensor protocols parse."""
+    from bench.digits import digit_tensor
+
+    return digit_tensor()[0].astype(np.float32)
+
+
+async def ready(args: argparse.Namespace) -> None:
+    """Say this process is loaded; take the window (monotonic start and end) from the parent."""
+    print(READY, flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    args.start, args.end = (float(value) for value in line.split())
+
+
 async def drive(
     submit: Callable[[np.ndarray], Awaitable[np.ndarray]],
+    image: np.ndarray,
     args: argparse.Namespace,
     on_window: Callable[[bool], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Run this front end's request loops until the window ends; count the answers in it."""
-    from bench.digits import digit_tensor
-
-    image = digit_tensor()[0].astype(np.float32)
     loops = max(1, args.concurrency // args.frontends)
     period = loops * args.frontends / args.rate  # seconds between one loop's requests
     answered = 0
@@ -189,7 +220,8 @@ async def drive(
 
     async def one(offset: float) -> None:
         nonlocal answered
-        slot = time.monotonic() + offset
+        await asyncio.sleep(offset)  # the loops' requests spread over one period
+        slot = time.monotonic()
         while time.monotonic() < args.end:
             spin(args.frontend_us)
             probabilities = await submit(image)
@@ -213,11 +245,15 @@ async def frontend_per_worker(args: argparse.Namespace) -> dict[str, Any]:
     predict, what = load_predict(args.model, args.runtime, args.threads)
     batcher, count = make_batcher(predict)
     await batcher.start()
+    image = digit_image()
+    await ready(args)
 
     def counting(on: bool) -> None:
         count.counting = on
 
-    result = await drive(lambda image: batcher.submit(image, timeout_s=10.0), args, counting)
+    result = await drive(
+        lambda image: batcher.submit(image, timeout_s=ANSWER_TIMEOUT_S), image, args, counting
+    )
     await batcher.stop()
     return {**result, "images": count.images, "batches": count.batches, "runtime": what}
 
@@ -231,10 +267,17 @@ async def frontend_handoff(args: argparse.Namespace) -> dict[str, Any]:
         if future is not None and not future.done():
             future.set_result(np.frombuffer(payload, np.float32))
 
+    def lost() -> None:  # the model process went away: every waiting request fails now
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("the model process closed the socket"))
+        pending.clear()
+
+    image = digit_image()
     while True:  # the model process may still be loading
         try:
             _, protocol = await loop.create_unix_connection(
-                lambda: FrameReader(answered), args.socket
+                lambda: FrameReader(answered, lost), args.socket
             )
             break
         except (FileNotFoundError, ConnectionRefusedError):
@@ -249,9 +292,10 @@ async def frontend_handoff(args: argparse.Namespace) -> dict[str, Any]:
         payload = image.tobytes()
         assert protocol.out is not None
         protocol.out.send(HEADER.pack(next_id, len(payload)) + payload)
-        return await future
+        return await asyncio.wait_for(future, ANSWER_TIMEOUT_S)
 
-    return await drive(submit, args)
+    await ready(args)
+    return await drive(submit, image, args)
 
 
 async def model_process(args: argparse.Namespace) -> dict[str, Any]:
@@ -262,7 +306,7 @@ async def model_process(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
 
     async def answer(reader: FrameReader, request_id: int, image: np.ndarray) -> None:
-        probabilities = await batcher.submit(image, timeout_s=10.0)
+        probabilities = await batcher.submit(image, timeout_s=ANSWER_TIMEOUT_S)
         payload = np.asarray(probabilities, np.float32).tobytes()
         assert reader.out is not None
         reader.out.send(HEADER.pack(request_id, len(payload)) + payload)
@@ -276,6 +320,7 @@ async def model_process(args: argparse.Namespace) -> dict[str, Any]:
         task.add_done_callback(tasks.discard)
 
     server = await loop.create_unix_server(lambda: FrameReader(on_frame), args.socket)
+    await ready(args)
     await asyncio.sleep(max(0.0, args.start - time.monotonic()))
     count.counting = True
     cpu, wall = await window(time.monotonic(), args.end - 0.5)
@@ -312,20 +357,14 @@ def role_main(args: argparse.Namespace) -> int:
 
 
 def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Start the processes of one layout on a common window; gather their figures."""
+    """Start the processes of one layout, wait until every one is loaded, give them one common
+    window, gather their figures. A process that fails stops the others."""
     cpus = os.cpu_count() or 1
-    load_s = 15.0 if args.model and args.runtime != "none" else 3.0  # TensorFlow's import
-    start = time.monotonic() + load_s + args.warm
-    end = start + args.seconds + 0.5
     common = [
         "--model",
         args.model or "",
         "--runtime",
         args.runtime,
-        "--start",
-        str(start),
-        "--end",
-        str(end),
         "--rate",
         str(args.rate),
         "--concurrency",
@@ -335,7 +374,7 @@ def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str,
         "--frontend-us",
         str(args.frontend_us),
         "--socket",
-        str(folder / "model.sock"),
+        str(folder / f"{layout}.sock"),
     ]
     me = [sys.executable, "-m", "bench.handoff", "--role"]
     commands: list[tuple[str, list[str]]] = []
@@ -352,31 +391,54 @@ def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str,
             for i in range(args.frontends)
         ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    processes = [
-        (
-            name,
-            subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-        )
-        for name, command in commands
-    ]
-    parts: dict[str, dict[str, Any]] = {}
-    for name, process in processes:
-        stdout, stderr = process.communicate(timeout=load_s + args.warm + args.seconds + 120)
-        lines = [line for line in stdout.splitlines() if line.startswith("HANDOFF-JSON ")]
-        if process.returncode != 0 or not lines:
-            raise RuntimeError(f"{layout} {name} failed ({process.returncode}): {stderr[-2000:]}")
-        parts[name] = json.loads(lines[-1].removeprefix("HANDOFF-JSON "))
+    processes: list[tuple[str, subprocess.Popen[str], Path]] = []
+    try:
+        for name, command in commands:
+            log = folder / f"{layout}-{name}.log"
+            with log.open("w") as stderr:
+                process = subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    text=True,
+                )
+            processes.append((name, process, log))
+        for name, process, log in processes:  # each says when it is loaded
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != READY:
+                process.wait(timeout=LOAD_TIMEOUT_S)
+                raise RuntimeError(f"{layout} {name} did not load: {log.read_text()[-2000:]}")
+        start = time.monotonic() + args.warm
+        end = start + args.seconds + 0.5
+        for _, process, _ in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"{start!r} {end!r}\n")
+            process.stdin.close()
+        parts: dict[str, dict[str, Any]] = {}
+        for name, process, log in processes:
+            assert process.stdout is not None
+            stdout = process.stdout.read()
+            process.wait(timeout=args.warm + args.seconds + 60)
+            lines = [line for line in stdout.splitlines() if line.startswith("HANDOFF-JSON ")]
+            if process.returncode != 0 or not lines:
+                raise RuntimeError(
+                    f"{layout} {name} failed ({process.returncode}): {log.read_text()[-2000:]}"
+                )
+            parts[name] = json.loads(lines[-1].removeprefix("HANDOFF-JSON "))
+    finally:
+        for _, process, _ in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     fronts = [part for name, part in parts.items() if name.startswith("frontend")]
     batching = [parts["model"]] if layout == "handoff" else fronts
     answered = sum(part["answered"] for part in fronts)
     wall = statistics.mean(part["wall_s"] for part in fronts)
+    if not answered or wall <= 0:
+        raise RuntimeError(f"{layout}: no answer in the window ({fronts})")
     front_cpu = sum(part["cpu_s"] for part in fronts)
     model_cpu = parts["model"]["cpu_s"] if layout == "handoff" else 0.0
     images = sum(part["images"] for part in batching)
@@ -384,10 +446,12 @@ def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str,
     return {
         "layout": layout,
         "runtime": batching[0]["runtime"],
+        "answered": answered,
+        "images_batched": images,
         "req_per_s": round(answered / wall, 1),
-        "frontend_cpu_us": round(1e6 * front_cpu / max(answered, 1), 1),
-        "model_process_cpu_us": round(1e6 * model_cpu / max(answered, 1), 1),
-        "total_cpu_us": round(1e6 * (front_cpu + model_cpu) / max(answered, 1), 1),
+        "frontend_cpu_us": round(1e6 * front_cpu / answered, 1),
+        "model_process_cpu_us": round(1e6 * model_cpu / answered, 1),
+        "total_cpu_us": round(1e6 * (front_cpu + model_cpu) / answered, 1),
         "mean_batch": round(images / max(batches, 1), 2),
     }
 
@@ -416,8 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     # the processes' own arguments
     parser.add_argument("--role", choices=("per-worker", "frontend", "model"), default=None)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--start", type=float, default=0.0)
-    parser.add_argument("--end", type=float, default=0.0)
     parser.add_argument("--socket", default="")
     args = parser.parse_args(argv)
     if args.model == "":

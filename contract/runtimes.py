@@ -25,7 +25,7 @@ from contract.checksums import sha256_file
 RUNTIMES_DIR: Final = "runtimes"
 #: ``IMGCLS_RUNTIME`` / serving.yaml ``runtime``: the SavedModel itself.
 SAVEDMODEL: Final = "savedmodel"
-#: ... or the fastest artifact that passed the rule.
+#: ... or the fastest artifact that passed the rule and takes pixels (:func:`ranked_candidates`).
 AUTO: Final = "auto"
 #: The batch sizes at which publishing measures images/s (and ranks the artifacts).
 MEASURED_BATCH_SIZES: Final = (1, 8, 32)
@@ -136,9 +136,10 @@ def ranked_candidates(report: RuntimeReport, cpu_flags: set[str]) -> list[Runtim
 
     An artifact whose network starts after a TensorFlow preprocess (``network_input``
     "preprocessed": the digits' normalisation) is left to a request by name or runtime: each
-    of its calls runs TensorFlow and then the compiled network, and measured on digits it
-    answered 0.73-0.89x the SavedModel's requests per second over V2 HTTP under load (though
-    faster one call at a time; BENCHMARKS.md, "Issue 23, lever 3")."""
+    of its calls runs TensorFlow and then the compiled network, and measured on digits (the
+    one such model; two workers on two cores) it answered 0.73-0.89x the SavedModel's requests
+    per second over V2 HTTP under load, though faster one call at a time (and over gRPC, and
+    with one worker; BENCHMARKS.md, "Issue 23, lever 3")."""
     floor = speed_score(report.savedmodel_images_per_s)
     usable = [
         a

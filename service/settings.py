@@ -128,8 +128,8 @@ class Settings(BaseSettings):
         default="auto",
         pattern=r"^[a-z0-9][a-z0-9_-]*$",
         description="what computes the model: auto (the fastest compiled artifact that passed "
-        "the equivalence rule, else the SavedModel), savedmodel, an artifact (openvino-int8) or "
-        "a runtime (openvino); serving.yaml's runtime overrides it per model",
+        "the equivalence rule and takes pixels, else the SavedModel), savedmodel, an artifact "
+        "(openvino-int8) or a runtime (openvino); serving.yaml's runtime overrides it per model",
     )
     tf_inter_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
     gil_switch_interval_s: float = Field(

@@ -6,6 +6,7 @@
 #   imgcls     the project ($PROJ): python -m service, defaults (IMGCLS_WORKERS unset = auto) 8810 8819
 #   imgcls_w1  the same with IMGCLS_WORKERS=1                                                 8810 8819
 #   imgcls_sm  the defaults with IMGCLS_RUNTIME=savedmodel (no compiled runtime; optional)    8810 8819
+#   imgcls_int8 the defaults with IMGCLS_RUNTIME=openvino-int8 (optional)                    8810 8819
 #   triton     Triton 2.51.0 (nvidia-pytriton 0.7.0's binary), python backend + TF, dynamic   8811 8812
 #              batching (metrics 8813)
 #   mlserver   MLServer 1.7.1, custom runtime (TF), adaptive batching (metrics 8816)          8814 8815
@@ -101,6 +102,7 @@ start_server() { # name run -> SERVER_PID; 0 when ready
     imgcls)    (cd $PROJ && exec env $(no_imgcls_env) IMGCLS_GRPC_PORT=$(grpc_port_of $name) $PROJPY -m service --models-dir $W/models --port $port) > "$log" 2>&1 & ;;
     imgcls_w1) (cd $PROJ && exec env $(no_imgcls_env) IMGCLS_GRPC_PORT=$(grpc_port_of $name) IMGCLS_WORKERS=1 $PROJPY -m service --models-dir $W/models --port $port) > "$log" 2>&1 & ;;
     imgcls_sm) (cd $PROJ && exec env $(no_imgcls_env) IMGCLS_GRPC_PORT=$(grpc_port_of $name) IMGCLS_RUNTIME=savedmodel $PROJPY -m service --models-dir $W/models --port $port) > "$log" 2>&1 & ;;
+    imgcls_int8) (cd $PROJ && exec env $(no_imgcls_env) IMGCLS_GRPC_PORT=$(grpc_port_of $name) IMGCLS_RUNTIME=openvino-int8 $PROJPY -m service --models-dir $W/models --port $port) > "$log" 2>&1 & ;;
     triton)
       rm -rf "$OUT/triton_repo" && cp -r $H/triton_repo "$OUT/triton_repo" && sed -i "s#@MODEL_DIR@#$W/models/digits/1#" "$OUT/triton_repo/digits/config.pbtxt"
       sed -i "s/max_queue_delay_microseconds: [0-9]*/max_queue_delay_microseconds: $TRITON_QUEUE_DELAY_US/" "$OUT/triton_repo/digits/config.pbtxt"

@@ -1,6 +1,6 @@
-"""summarize.py OUTDIR -> markdown on stdout: settings, answer checks, the goal (the project's
-defaults over the best of Triton and MLServer, per body, at each concurrency, run by run; issue
-23's: 1.0x Triton's req/s at most 1.2x its CPU per request), one
+"""summarize.py OUTDIR -> markdown on stdout: settings, answer checks, the goals (issue 21's: the
+project's defaults over the best of Triton and MLServer; issue 23's: 1.0x Triton's req/s at
+most 1.2x its CPU per request, p99 within 4x p50 at c=64; per body and concurrency, run by run), one
 table per body x concurrency (runs side by side, ratio to the project's defaults row), startup
 times, raw rows."""
 
@@ -23,11 +23,12 @@ for r in rows:  # older smoke runs named these columns busy_before / busy_during
     r.setdefault("busy_pct_during", r.get("busy_during", ""))
 checks = read_tsv(f"{d}/checks.tsv")
 starts = read_tsv(f"{d}/startup.tsv")
-ORDER = ["imgcls", "imgcls_w1", "imgcls_sm", "triton", "mlserver", "kserve"]
+ORDER = ["imgcls", "imgcls_w1", "imgcls_sm", "imgcls_int8", "triton", "mlserver", "kserve"]
 NAMES = {
     "imgcls": "imgcls (ours, IMGCLS_WORKERS unset = auto)",
     "imgcls_w1": "imgcls (ours, IMGCLS_WORKERS=1)",
     "imgcls_sm": "imgcls (ours, IMGCLS_RUNTIME=savedmodel)",
+    "imgcls_int8": "imgcls (ours, IMGCLS_RUNTIME=openvino-int8)",
     "triton": "Triton 2.51.0 python backend + TF (dynamic batching)",
     "mlserver": "MLServer 1.7.1 custom runtime (adaptive batching)",
     "kserve": "KServe 0.21 ModelServer custom Model (no batcher)",

@@ -29,6 +29,7 @@ from contract.runtimes import (
     RUNTIMES_DIR,
     SAVEDMODEL,
     RuntimeArtifact,
+    RuntimeReport,
     artifact_problem,
     cpu_flags,
     ranked_candidates,
@@ -143,7 +144,9 @@ def choose(
     flags = cpu_flags()
     if asked == AUTO:
         candidates = ranked_candidates(report, flags)
-        if not candidates:  # not a fallback: the SavedModel measured fastest (or nothing passed)
+        # not a fallback: the SavedModel measured fastest, nothing passed, or every passed
+        # artifact runs after a TensorFlow preprocess
+        if not candidates:
             return RuntimeChoice(SAVEDMODEL, detail=why_savedmodel(report))
     else:
         named = [a for a in report.artifacts if asked in (a.name, a.runtime)]
@@ -212,13 +215,14 @@ def answers_problem(network: CompiledNetwork, metadata: ModelMetadata) -> str:
     return ""
 
 
-def why_savedmodel(report: Any) -> str:
+def why_savedmodel(report: RuntimeReport) -> str:
     """Why ``auto`` chose the SavedModel of a version that has artifacts (``runtime.detail``)."""
     if not any(a.passed for a in report.artifacts):
         return "no artifact passed the equivalence rule"
     if all(a.network_input == "preprocessed" for a in report.artifacts if a.passed):
         return (
             "its artifacts run after a TensorFlow preprocess, which auto leaves to a request by "
-            "name (IMGCLS_RUNTIME=openvino-int8): slower than the SavedModel under load"
+            "name or runtime (IMGCLS_RUNTIME=openvino): measured slower than the SavedModel over "
+            "HTTP with two workers"
         )
     return "no passed artifact measured faster than the SavedModel on this CPU"

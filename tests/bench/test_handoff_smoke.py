@@ -2,7 +2,7 @@
 
 The measurement itself (``python -m bench.handoff --model ...``, a few minutes) is not repeated
 here; this only checks that requests go round both layouts (ten probabilities back for each)
-and that the figures add up.
+and that the batches hold the images the front ends sent.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench import handoff
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,21 +32,21 @@ def test_frames_split_across_reads_come_out_whole_and_in_order() -> None:
     assert reader.buffer == bytearray()
 
 
-def test_both_layouts_answer_every_request_and_their_figures_add_up(tmp_path: Path) -> None:
+def test_both_layouts_answer_every_request_and_batch_each_image(tmp_path: Path) -> None:
     out = tmp_path / "handoff.json"
     command = [sys.executable, "-m", "bench.handoff", "--runtime", "none", "--rate", "400",
-               "--concurrency", "8", "--frontend-us", "50", "--seconds", "1.5", "--warm", "0.5",
+               "--concurrency", "8", "--frontend-us", "50", "--seconds", "2", "--warm", "0.5",
                "--repeats", "1", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = {run["layout"]: run for run in json.loads(out.read_text())["runs"]}
     assert set(runs) == {"per-worker", "handoff"}
     for run in runs.values():
-        # paced at 400/s; a loaded machine may fall behind, but every loop got answers
-        assert 50 < run["req_per_s"] <= 440
+        # every answer counted was ten probabilities back for one image; the window's batches
+        # held the same images, give or take the 8 requests in flight at each end of it
+        assert run["answered"] > 0
+        assert abs(run["images_batched"] - run["answered"]) <= 2 * 8
         assert run["mean_batch"] >= 1
-        parts = run["frontend_cpu_us"] + run["model_process_cpu_us"]
-        assert abs(run["total_cpu_us"] - parts) < 0.2
-    assert runs["per-worker"]["model_process_cpu_us"] == 0  # no model process in that layout
+    # with the hand-off, the model process did the batching and paid for it
     assert runs["handoff"]["model_process_cpu_us"] > 0
     assert "| handoff | none |" in done.stdout

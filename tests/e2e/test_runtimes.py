@@ -1,8 +1,9 @@
 """Compiled runtimes served for real: ``python -m service`` on the shared trained digits, whose
 version carries OpenVINO artifacts (fp32, bf16, int8) beside its SavedModel.
 
-* ``auto`` serves the fastest artifact that passed the equivalence rule, and every surface says
-  which (``/models``, ``imgcls_model_info``, V2 and TF Serving metadata, the V2 config);
+* ``auto`` serves what ranks first (digits: its SavedModel, its artifacts run after a TensorFlow
+  preprocess), an artifact asked for by name serves, and every surface says which
+  (``/models``, ``imgcls_model_info``, V2 and TF Serving metadata, the V2 config);
 * a reduced-precision artifact answers held-out digits end to end like the SavedModel;
 * a damaged artifact (changed bytes, or bytes a runtime cannot load) costs its speed, never
   the version: the SavedModel serves, and the log, ``/models`` and the metric say why;
@@ -125,6 +126,12 @@ def test_a_reduced_precision_artifact_answers_like_the_savedmodel(
     with compiled.client() as fast, reference.client() as exact:
         assert runtime_row(fast) == {"name": reduced.name, "asked": reduced.name}
         assert runtime_row(exact) == {"name": SAVEDMODEL, "asked": SAVEDMODEL}
+        # every surface names the artifact that computes
+        metadata = fast.get("/v2/models/digits").json()
+        assert metadata["parameters"]["runtime"] == reduced.name
+        config = fast.get("/v2/models/digits/config").json()
+        assert config["parameters"]["runtime"] == {"string_value": reduced.name}
+        assert fast.get("/v1/models/digits/metadata").json()["metadata"]["runtime"] == reduced.name
         got, want = v2_probabilities(fast, pixels), v2_probabilities(exact, pixels)
         # Another precision computed them (not the SavedModel again) ...
         assert np.abs(got - want).max() > 1e-5
