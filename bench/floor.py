@@ -33,7 +33,7 @@ from typing import Any
 
 from bench import loadgen
 from bench.digits import digit_tensor
-from bench.grpc import BINARY_CT, JSON_CT, http_probabilities, v2_bodies
+from bench.grpc import JSON_CT, http_probabilities, v2_bodies
 from bench.models import DIGITS, ensure_digits
 from bench.servers import ROOT, ServerProcess, spawn, wait_ready
 
@@ -77,12 +77,8 @@ def start(models_dir: Path, out: Path) -> dict[str, ServerProcess]:
 def scripts(out: Path) -> tuple[dict[str, Path], dict[str, tuple[bytes, dict[str, str]]]]:
     """The wrk scripts of the two bodies, and each body with its headers."""
     bodies = v2_bodies(digit_tensor())
-    binary_headers = {
-        "Content-Type": BINARY_CT,
-        "Inference-Header-Content-Length": str(bodies.binary_header_length),
-    }
     requests = {
-        "binary": (bodies.binary, binary_headers),
+        "binary": (bodies.binary, bodies.binary_headers()),
         "json": (bodies.json, {"Content-Type": JSON_CT}),
     }
     paths = {

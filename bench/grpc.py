@@ -86,6 +86,13 @@ class Bodies:
     binary_header_length: int
     grpc: bytes  # framed
 
+    def binary_headers(self) -> dict[str, str]:
+        """The headers the binary body goes with (the JSON header's length in bytes)."""
+        return {
+            "Content-Type": BINARY_CT,
+            "Inference-Header-Content-Length": str(self.binary_header_length),
+        }
+
 
 def v2_bodies(images: np.ndarray, model: str = DIGITS) -> Bodies:
     """The request bodies, made with tritonclient's own helpers."""
@@ -130,14 +137,7 @@ def check_answers(
     the service). Returns the top class and score and the OK gRPC answer's size on the wire."""
     answers = {
         "v2_json": http_probabilities(infer_url, bodies.json, {"Content-Type": JSON_CT}),
-        "v2_binary": http_probabilities(
-            infer_url,
-            bodies.binary,
-            {
-                "Content-Type": BINARY_CT,
-                "Inference-Header-Content-Length": str(bodies.binary_header_length),
-            },
-        ),
+        "v2_binary": http_probabilities(infer_url, bodies.binary, bodies.binary_headers()),
         "tritonclient.grpc": grpc_load.client_infer(grpc_target, bodies.grpc).as_numpy(
             "probabilities"
         ),
@@ -246,13 +246,7 @@ def transports(
         folder, bodies.json, "v2-json", {"Content-Type": JSON_CT}
     )
     binary_script = loadgen.write_body_script(
-        folder,
-        bodies.binary,
-        "v2-binary",
-        {
-            "Content-Type": BINARY_CT,
-            "Inference-Header-Content-Length": str(bodies.binary_header_length),
-        },
+        folder, bodies.binary, "v2-binary", bodies.binary_headers()
     )
     grpc_body = folder / "grpc.body"
     grpc_body.write_bytes(bodies.grpc)
