@@ -14,6 +14,7 @@ Imports neither TensorFlow nor a runtime: training and the service both read it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Literal
 
@@ -129,6 +130,15 @@ def speed_score(images_per_s: dict[str, float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
+def runnable_fastest_first(
+    artifacts: Iterable[RuntimeArtifact], cpu_flags: set[str]
+) -> list[RuntimeArtifact]:
+    """Those of ``artifacts`` that passed the rule and can run on a CPU with ``cpu_flags``,
+    fastest first (:func:`speed_score`): what a request by runtime tries, in order."""
+    usable = [a for a in artifacts if a.passed and set(a.cpu_flags) <= cpu_flags]
+    return sorted(usable, key=lambda a: speed_score(a.images_per_s), reverse=True)
+
+
 def ranked_candidates(report: RuntimeReport, cpu_flags: set[str]) -> list[RuntimeArtifact]:
     """The artifacts that passed the rule, can run on a CPU with ``cpu_flags``, take the
     service's pixels and measured faster than the SavedModel, fastest first: what ``auto``
@@ -141,15 +151,11 @@ def ranked_candidates(report: RuntimeReport, cpu_flags: set[str]) -> list[Runtim
     per second over V2 HTTP under load, though faster one call at a time (and over gRPC, and
     with one worker; BENCHMARKS.md, "Issue 23, lever 3")."""
     floor = speed_score(report.savedmodel_images_per_s)
-    usable = [
+    return [
         a
-        for a in report.artifacts
-        if a.passed
-        and set(a.cpu_flags) <= cpu_flags
-        and a.network_input == "pixels"
-        and speed_score(a.images_per_s) > floor
+        for a in runnable_fastest_first(report.artifacts, cpu_flags)
+        if a.network_input == "pixels" and speed_score(a.images_per_s) > floor
     ]
-    return sorted(usable, key=lambda a: speed_score(a.images_per_s), reverse=True)
 
 
 def artifact_problem(version_dir: Path, artifact: RuntimeArtifact) -> str:

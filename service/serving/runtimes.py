@@ -33,7 +33,7 @@ from contract.runtimes import (
     artifact_problem,
     cpu_flags,
     ranked_candidates,
-    speed_score,
+    runnable_fastest_first,
 )
 
 logger = logging.getLogger(__name__)
@@ -158,13 +158,12 @@ def choose(
         passed = [a for a in named if a.passed]
         if not passed:
             return RuntimeChoice(SAVEDMODEL, fallback=NOT_PASSED, detail=named[0].reason)
-        candidates = [a for a in passed if set(a.cpu_flags) <= flags]
+        candidates = runnable_fastest_first(passed, flags)
         if not candidates:
             needs = ", ".join(sorted({f for a in passed for f in a.cpu_flags}))
             return RuntimeChoice(
                 SAVEDMODEL, fallback=CPU_UNSUPPORTED, detail=f"this CPU lacks {needs}"
             )
-        candidates.sort(key=lambda a: speed_score(a.images_per_s), reverse=True)
     # Try the candidates in order (never none); what the last one failed with is the
     # fallback's reason.
     for artifact in candidates:
