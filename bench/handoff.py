@@ -356,9 +356,10 @@ def role_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Start the processes of one layout, wait until every one is loaded, give them one common
-    window, gather their figures. A process that fails stops the others."""
+def layout_commands(
+    layout: str, args: argparse.Namespace, folder: Path
+) -> list[tuple[str, list[str]]]:
+    """The processes of one layout: (name, command line), the model process first."""
     cpus = os.cpu_count() or 1
     common = [
         "--model",
@@ -390,6 +391,14 @@ def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str,
             (f"frontend{i}", [*me, "frontend", *common, "--threads", "1"])
             for i in range(args.frontends)
         ]
+    return commands
+
+
+def run_processes(
+    layout: str, commands: list[tuple[str, list[str]]], args: argparse.Namespace, folder: Path
+) -> dict[str, dict[str, Any]]:
+    """Start ``commands``, wait until every one is loaded, give them one common window, and
+    return what each reported. A process that fails stops the others."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     processes: list[tuple[str, subprocess.Popen[str], Path]] = []
     try:
@@ -433,6 +442,12 @@ def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str,
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    return parts
+
+
+def run_layout(layout: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Run one layout (:func:`run_processes`) and put its processes' figures together."""
+    parts = run_processes(layout, layout_commands(layout, args, folder), args, folder)
     fronts = [part for name, part in parts.items() if name.startswith("frontend")]
     batching = [parts["model"]] if layout == "handoff" else fronts
     answered = sum(part["answered"] for part in fronts)
