@@ -99,14 +99,13 @@ for c in checks:
     print(f"| {c['run']} | {c['server']} | {c['body']} | {c['verdict']} |")
 
 
-def rate(server, body, conc, run):
-    r = by.get((server, body, conc), {}).get(run)
-    return float(r["req_s"]) if r else None
-
-
 def field(server, body, conc, run, key):
     r = by.get((server, body, conc), {}).get(run)
     return float(r[key]) if r and r[key] not in ("", "-") else None
+
+
+def rate(server, body, conc, run):
+    return field(server, body, conc, run, "req_s")
 
 
 def goal_rows(point_cell):

@@ -46,6 +46,8 @@ CPU_UNSUPPORTED = "cpu_unsupported"  # it needs instructions this CPU lacks
 NOT_INSTALLED = "not_installed"  # the runtime's package is not installed here
 CHECKSUM = "checksum"  # a file is missing, changed or added
 LOAD_FAILED = "load_failed"  # the runtime could not load it, or its answers were wrong
+#: ``detail`` of a version published without artifacts.
+NO_ARTIFACT = "the version has no artifact"
 
 
 class CompiledNetwork(Protocol):
@@ -140,7 +142,7 @@ def choose(
     report = metadata.runtimes
     if report is None or not report.artifacts:
         fallback = "" if asked == AUTO else NOT_COMPILED
-        return RuntimeChoice(SAVEDMODEL, fallback=fallback, detail="the version has no artifact")
+        return RuntimeChoice(SAVEDMODEL, fallback=fallback, detail=NO_ARTIFACT)
     flags = cpu_flags()
     if asked == AUTO:
         candidates = ranked_candidates(report, flags)

@@ -150,14 +150,14 @@ def auto_runtime(version_dir: Path) -> dict[str, str]:
     with auto's reason (``detail``)."""
     from contract.metadata import read_metadata
     from contract.runtimes import SAVEDMODEL, cpu_flags, ranked_candidates
-    from service.serving.runtimes import why_savedmodel
+    from service.serving.runtimes import NO_ARTIFACT, why_savedmodel
 
     report = read_metadata(version_dir).runtimes
     ranked = ranked_candidates(report, cpu_flags()) if report is not None else []
     if ranked:
         return {"name": ranked[0].name, "asked": "auto"}
     has_artifacts = report is not None and bool(report.artifacts)
-    detail = why_savedmodel(report) if has_artifacts else "the version has no artifact"
+    detail = why_savedmodel(report) if has_artifacts else NO_ARTIFACT
     return {"name": SAVEDMODEL, "asked": "auto", "detail": detail}
 
 
