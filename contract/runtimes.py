@@ -30,8 +30,9 @@ SAVEDMODEL: Final = "savedmodel"
 AUTO: Final = "auto"
 #: The batch sizes at which publishing measures images/s (and ranks the artifacts).
 MEASURED_BATCH_SIZES: Final = (1, 8, 32)
-#: The SavedModel endpoint that runs the preprocessing no converter takes (the digit
-#: normalisation), for artifacts whose network starts after it (``network_input`` "preprocessed").
+#: The artifact's own SavedModel endpoint that runs its preprocessing, for artifacts whose network
+#: starts after it (``network_input`` "preprocessed": versions published while the digit
+#: normalisation did not convert; publishing now converts whole models, "pixels").
 PREPROCESS_ENDPOINT: Final = "preprocess"
 
 Precision = Literal["fp32", "bf16", "int8"]
@@ -78,7 +79,8 @@ class RuntimeArtifact(BaseModel):
     precision: Precision
     network_input: Literal["pixels", "preprocessed"] = Field(
         description="'pixels': the artifact takes the service's (N, H, W, 3) float32 0..255 "
-        "images; 'preprocessed': the SavedModel's preprocess endpoint runs first"
+        "images; 'preprocessed' (versions published before whole models converted): the "
+        "artifact's preprocess endpoint runs first"
     )
     entry: str = Field(description="the file the runtime opens, relative to the artifact folder")
     files: dict[str, str] = Field(description="relative path (to the version) -> sha256 hex")
@@ -145,11 +147,10 @@ def ranked_candidates(report: RuntimeReport, cpu_flags: set[str]) -> list[Runtim
     tries, in order.
 
     An artifact whose network starts after a TensorFlow preprocess (``network_input``
-    "preprocessed": the digits' normalisation) is left to a request by name or runtime: each
-    of its calls runs TensorFlow and then the compiled network, and measured on digits (the
-    one such model; two workers on two cores) it answered 0.73-0.89x the SavedModel's requests
-    per second over V2 HTTP under load, though faster one call at a time (and over gRPC, and
-    with one worker; BENCHMARKS.md, "Issue 23, lever 3")."""
+    "preprocessed", only in versions published before whole models converted) is left to a
+    request by name or runtime: each of its calls runs TensorFlow and then the compiled
+    network, and on digits (two workers on two cores) it answered no more V2 HTTP requests
+    per second under load than the SavedModel (BENCHMARKS.md, "Issue 23, lever 4")."""
     floor = speed_score(report.savedmodel_images_per_s)
     return [
         a

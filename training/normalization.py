@@ -19,8 +19,10 @@ every image the model sees (training batches and uploads alike), in pure, batche
 A blank image (ink contrast below :data:`MIN_CONTRAST` grey levels: all white, all black, an
 empty sheet with JPEG noise) comes out all zeros: the classifier answers as usual with its prior.
 
-The crop-and-scale is one affine map per image (output pixel -> input pixel), applied with
-``ImageProjectiveTransformV3`` (bilinear). :func:`digit_transforms` returns those maps so the
+The crop-and-scale is one affine map per image (output pixel -> input pixel), applied as a
+bilinear resample in two matrix products (:func:`_warp`: what ``ImageProjectiveTransformV3``
+gives, in operations OpenVINO converts and XLA compiles, so a compiled runtime takes the whole
+model, pixels in). :func:`digit_transforms` returns those maps so the
 explanation endpoints can carry a Grad-CAM heatmap back through the crop onto the image the
 user sent (:func:`heatmap_to_input`).
 """
@@ -152,18 +154,40 @@ def _ink_geometry(ink: Any, blank: Any, frame: tuple[int, int]) -> tuple[Any, An
     return transforms, box
 
 
-def _warp(images: Any, transforms: Any, size: tuple[int, int] | Any) -> Any:
-    """Bilinear resample (N, H, W, C) float32 with output->input maps (N, 8); outside is 0."""
+def _axis_weights(scale: Any, offset: Any, size_out: Any, size_in: Any) -> Any:
+    """Bilinear weights along one axis, (N, size_out, size_in) float32: output pixel ``j``
+    samples the input at ``scale * j + offset`` (per image), and input pixel ``i`` weighs
+    ``max(0, 1 - |position - i|)``, so a position between two pixels mixes them linearly and
+    a pixel past the image's edge adds nothing (a constant fill of 0)."""
     import tensorflow as tf
 
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images,
-        transforms=transforms,
-        output_shape=tf.convert_to_tensor(size, dtype=tf.int32),
-        fill_value=0.0,
-        interpolation="BILINEAR",
-        fill_mode="CONSTANT",
-    )
+    out = tf.cast(tf.range(size_out), tf.float32)
+    position = scale[:, None] * out[None, :] + offset[:, None]  # (N, size_out), input pixels
+    pixels = tf.cast(tf.range(size_in), tf.float32)
+    return tf.nn.relu(1.0 - tf.abs(position[:, :, None] - pixels[None, None, :]))
+
+
+def _warp(images: Any, transforms: Any, size: tuple[int, int] | Any) -> Any:
+    """Bilinear resample of grey images (N, H, W) float32 to (N, *size) with output->input
+    maps (N, 8); outside is 0.
+
+    The maps are axis-aligned scales and shifts (``ImageProjectiveTransformV3``'s layout with
+    ``a1 = b0 = c0 = c1 = 0``, all this module makes), so the resample is separable: one
+    weight matrix per axis, applied as two matrix products. That gives what
+    ``ImageProjectiveTransformV3`` (bilinear, constant fill 0) gives, to float rounding, in
+    operations every compiler takes: OpenVINO converts the whole model, normalisation
+    included, and XLA compiles it.
+    """
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    rows = _axis_weights(transforms[:, 4], transforms[:, 5], size[0], shape[1])  # (N, h, H)
+    cols = _axis_weights(transforms[:, 0], transforms[:, 2], size[1], shape[2])  # (N, w, W)
+    # As einsums over (N, H, W, C), not batched matrix products: OpenVINO then keeps them in
+    # float32 under bf16 (as matrix products they ran in bfloat16, and bf16's top-1 agreement
+    # fell to 0.986: the resample must place the ink exactly).
+    resampled_rows = tf.einsum("nyh,nhwc->nywc", rows, images[..., None])
+    return tf.einsum("nywc,nxw->nyxc", resampled_rows, cols)[..., 0]
 
 
 def normalize_digits(images: Any, frame: tuple[int, int] = (DIGIT_FRAME, DIGIT_FRAME)) -> Any:
@@ -174,7 +198,7 @@ def normalize_digits(images: Any, frame: tuple[int, int] = (DIGIT_FRAME, DIGIT_F
     gray = tf.cast(images, tf.float32)[..., 0]
     ink, blank = _polarity_and_ink(gray)
     transforms, _box = _ink_geometry(ink, blank, frame)
-    out = _warp(ink[..., None] * 255.0, transforms, frame)
+    out = _warp(ink * 255.0, transforms, frame)[..., None]
     return tf.clip_by_value(out, 0.0, 255.0)
 
 
@@ -237,7 +261,7 @@ def heatmap_to_input(
     slope_y, icpt_y = axis_map(grid_f[0], size_f[0], grid_f[0], y0, frame[0])
     zeros = tf.zeros_like(scale)
     inverse = tf.stack([slope_x, zeros, icpt_x, zeros, slope_y, icpt_y, zeros, zeros], axis=1)
-    return _warp(maps[..., None], inverse, grid)[..., 0]
+    return _warp(maps, inverse, grid)
 
 
 @keras.saving.register_keras_serializable(package="imgcls")
@@ -255,8 +279,10 @@ class NormalizeDigits(keras.layers.Layer):
 
     def __init__(self, height: int = DIGIT_FRAME, width: int = DIGIT_FRAME, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # ImageProjectiveTransformV3 has no XLA kernel: Keras then compiles the model without
-        # XLA (with a warning) instead of failing, as it does for its own image layers.
+        # XLA compiles this normalisation (its warp is matrix products), but the digit_jitter
+        # that follows it in training has no XLA kernel (RandomTranslation's
+        # ImageProjectiveTransformV3), so train.py leaves --jit off with both, and the layer
+        # stays declared off XLA: Keras then compiles without XLA instead of failing.
         self.supports_jit = False
         if height < 1 or width < 1:
             raise ValueError(f"NormalizeDigits needs a positive frame, got {height}x{width}")

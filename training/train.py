@@ -405,7 +405,8 @@ def load(args: argparse.Namespace) -> Loaded:
     resolve_digit_options(args, input_shape)
     if args.jit and args.normalize_digits:
         logger.warning(
-            "--jit is ignored with --normalize-digits: its image warp has no XLA kernel "
+            "--jit is ignored with --normalize-digits: its training-time digit jitter "
+            "(ImageProjectiveTransformV3) has no XLA kernel "
             "(train with --no-normalize-digits to use XLA)"
         )
     model_name = args.model_name or ("digits" if args.data is None else args.data[0].resolve().name)

@@ -1,9 +1,11 @@
 """Compiled runtimes served for real: ``python -m service`` on the shared trained digits, whose
 version carries OpenVINO artifacts (fp32, bf16, int8) beside its SavedModel.
 
-* ``auto`` serves what ranks first (digits: its SavedModel, its artifacts run after a TensorFlow
-  preprocess), an artifact asked for by name serves, and every surface says which
+* the whole digits model is compiled, pixels in, and ``auto`` ranks its artifacts; ``auto``
+  serves what ranks first, an artifact asked for by name serves, and every surface says which
   (``/models``, ``imgcls_model_info``, V2 and TF Serving metadata, the V2 config);
+* an artifact of a version published before (its network after a TensorFlow ``preprocess``)
+  still serves when asked for, through that preprocess;
 * a reduced-precision artifact answers held-out digits end to end like the SavedModel;
 * a damaged artifact (changed bytes, or bytes a runtime cannot load) costs its speed, never
   the version: the SavedModel serves, and the log, ``/models`` and the metric say why;
@@ -24,11 +26,13 @@ import pytest
 
 from contract.metadata import read_metadata, sha256_file, write_metadata
 from contract.runtimes import (
+    PREPROCESS_ENDPOINT,
     RUNTIMES_DIR,
     SAVEDMODEL,
     cpu_flags,
     ranked_candidates,
     runnable_fastest_first,
+    speed_score,
 )
 from tests.helpers.images import gray_png
 from tests.helpers.models import auto_runtime
@@ -96,14 +100,73 @@ def test_auto_serves_what_ranks_first_and_every_surface_says_which(
     assert metric_value(metrics_text(server), "imgcls_model_info", labels) == 1
 
 
-def test_auto_leaves_digits_artifacts_to_a_request_by_name(trained_repo: Path) -> None:
-    # The digits network starts after its TensorFlow normalisation: every artifact runs the
-    # preprocess endpoint first, and auto serves the SavedModel (measured faster under load).
+def test_the_whole_digits_model_is_compiled_and_auto_ranks_it(trained_repo: Path) -> None:
+    # The digit normalisation converts with the network: every artifact takes pixels, so auto
+    # weighs each one that passed against the SavedModel.
     report = read_metadata(trained_repo / "digits" / "1").runtimes
     assert report is not None
-    assert {a.network_input for a in report.artifacts} == {"preprocessed"}
-    assert any(a.passed for a in report.artifacts)
-    assert ranked_candidates(report, cpu_flags()) == []
+    assert {a.network_input for a in report.artifacts} == {"pixels"}
+    runnable = runnable_fastest_first(report.artifacts, cpu_flags())
+    assert runnable, f"no artifact passed the rule: {report.artifacts}"
+    faster = [
+        a.name
+        for a in runnable
+        if speed_score(a.images_per_s) > speed_score(report.savedmodel_images_per_s)
+    ]
+    assert [a.name for a in ranked_candidates(report, cpu_flags())] == faster
+
+
+def publish_as_before(version_dir: Path, artifact: str) -> None:
+    """Rewrite ``artifact`` the way versions published before were compiled: everything up to
+    the digit normalisation as a TensorFlow ``preprocess`` SavedModel inside the artifact, and
+    only the network after it in OpenVINO (``network_input`` "preprocessed")."""
+    import keras
+    import openvino as ov
+    import tensorflow as tf
+
+    from training.compile import rebuild_model
+
+    metadata = read_metadata(version_dir)
+    model = rebuild_model(version_dir, metadata)
+    prefix = keras.Model(model.input, model.get_layer("digit_jitter").output)
+    network = keras.Model(model.get_layer("rescale").input, model.output)
+    folder = version_dir / RUNTIMES_DIR / artifact
+    shutil.rmtree(folder)
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(
+        name=PREPROCESS_ENDPOINT,
+        fn=lambda images: prefix(images, training=False),
+        input_signature=[tf.TensorSpec((None, 28, 28, 3), tf.float32, name="images")],
+    )
+    archive.write_out(str(folder / PREPROCESS_ENDPOINT), verbose=False)
+    spec = tf.TensorSpec((None, 28, 28, 1), tf.float32, name="images")
+    graph = tf.function(lambda images: network(images, training=False))
+    ov.save_model(ov.convert_model(graph.get_concrete_function(spec)), str(folder / "model.xml"))
+    assert metadata.runtimes is not None
+    found = metadata.runtimes.artifact(artifact)
+    assert found is not None
+    found.network_input = "preprocessed"
+    found.files = {
+        path.relative_to(version_dir).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+    write_metadata(version_dir, metadata)
+
+
+def test_an_artifact_published_before_runs_through_its_tensorflow_preprocess(
+    repo_copy: Path, server_factory: ServerFactory
+) -> None:
+    publish_as_before(repo_copy / "digits" / "1", "openvino-fp32")
+    before = server_factory(repo_copy, runtime="openvino-fp32")
+    reference = server_factory(repo_copy, runtime=SAVEDMODEL)
+    gray, labels = held_out(32)
+    pixels = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    with before.client() as compiled, reference.client() as exact:
+        assert runtime_row(compiled) == {"name": "openvino-fp32", "asked": "openvino-fp32"}
+        got = v2_probabilities(compiled, pixels)
+        np.testing.assert_allclose(got, v2_probabilities(exact, pixels), atol=1e-4)
+        assert (got.argmax(1) == labels).mean() >= 0.9
 
 
 def test_a_reduced_precision_artifact_answers_like_the_savedmodel(

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from contract.metadata import read_metadata, verify_version_dir
@@ -38,10 +37,10 @@ def test_publish_compiles_checks_and_records_every_artifact(trained_repo: Path) 
         assert set(artifact.images_per_s) == {str(size) for size in MEASURED_BATCH_SIZES}
         assert min(artifact.images_per_s.values()) > 0
         assert artifact.converter["openvino"] and artifact.test_images >= 300
-        # The digits' normalisation converts nowhere: it runs first, from the artifact's own
-        # TensorFlow SavedModel.
-        assert artifact.network_input == "preprocessed"
-        assert (version_dir / RUNTIMES_DIR / artifact.name / PREPROCESS_ENDPOINT).is_dir()
+        # The whole model converts, the digits' normalisation included: pixels in, no
+        # TensorFlow preprocess beside the artifact.
+        assert artifact.network_input == "pixels"
+        assert not (version_dir / RUNTIMES_DIR / artifact.name / PREPROCESS_ENDPOINT).exists()
         verdict = EQUIVALENCE_RULE.judge(
             artifact.top1_agreement, artifact.test_accuracy, report.savedmodel_test_accuracy
         )
@@ -97,21 +96,3 @@ def test_compile_cli_refuses_a_damaged_version(trained_repo: Path, tmp_path: Pat
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: {version_dir} cannot be compiled: checksum mismatch for saved_model.pb"
     )
-
-
-@pytest.mark.slow  # converts a small model in process
-def test_split_network_cuts_after_the_tensorflow_only_layers() -> None:
-    from training.architectures import build
-    from training.runtimes import split_network
-
-    digits = build("simple", (28, 28, 1), 10, normalize_digits=True)
-    cut = split_network(digits)
-    assert cut.prefix is not None
-    assert cut.prefix.layers[-1].name == "digit_jitter"
-    assert cut.network.layers[1].name == "rescale"
-    images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 3)).astype(np.float32)
-    whole = digits(images, training=False)
-    parts = cut.network(cut.prefix(images, training=False), training=False)
-    np.testing.assert_allclose(np.asarray(parts), np.asarray(whole), atol=1e-6)
-    photos = build("simple", (32, 32, 3), 2)
-    assert split_network(photos).prefix is None  # everything converts

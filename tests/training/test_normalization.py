@@ -140,6 +140,37 @@ def test_the_batch_is_normalised_image_by_image() -> None:
     np.testing.assert_allclose(together, alone, atol=1e-3)
 
 
+def test_the_resample_gives_what_tensorflows_image_warp_gives() -> None:
+    """The warp is matrix products (so OpenVINO and XLA take it); it must sample like
+    ImageProjectiveTransformV3 (bilinear, 0 past the edges), which it replaced."""
+    from training.normalization import _warp
+
+    digits, _labels = digit_images()
+    gray = np.concatenate([digits[:40], 255 - digits[40:60]]).astype(np.float32)[..., None]
+    crops = np.asarray(digit_transforms(tf.constant(gray)))
+    # Also maps reaching past the image (a digit at the edge, shifted and enlarged).
+    past_edges = crops.copy()
+    past_edges[:, 0] *= 1.7
+    past_edges[:, 4] *= 1.7
+    past_edges[:, 2] -= 9.5
+    past_edges[:, 5] += 6.25
+    for maps, size in ((crops, (28, 28)), (past_edges, (28, 28)), (crops, (40, 20))):
+        ours = np.asarray(_warp(tf.constant(gray[..., 0]), tf.constant(maps), size))[..., None]
+        tensorflows = np.asarray(
+            tf.raw_ops.ImageProjectiveTransformV3(
+                images=gray,
+                transforms=maps,
+                output_shape=size,
+                fill_value=0.0,
+                interpolation="BILINEAR",
+                fill_mode="CONSTANT",
+            )
+        )
+        assert ours.shape == tensorflows.shape == (len(gray), *size, 1)
+        assert np.abs(tensorflows).max() > 100  # ink was sampled, not only padding
+        np.testing.assert_allclose(ours, tensorflows, atol=1e-3)  # grey levels 0..255
+
+
 def test_the_heatmap_maps_back_onto_the_crop_in_the_input_image() -> None:
     """A heatmap lit in the normalised frame's centre lands where the digit was."""
     sheet = np.zeros((1, 28, 28, 1), np.float32)
