@@ -1,10 +1,10 @@
-"""Compiled runtimes: the network of a version converted for OpenVINO, checked, measured.
+"""Compiled runtimes: the whole model of a version converted for OpenVINO, checked, measured.
 
 At publish (``train.py``) and for versions published before (``python -m training.compile
 models/<name>/<version>``, :mod:`training.compile`) the trained Keras model is converted
 beside its SavedModel into ``runtimes/<artifact>/``, one OpenVINO IR per precision:
 
-* ``openvino-fp32``: the network as trained;
+* ``openvino-fp32``: the model as trained;
 * ``openvino-bf16``: fp16-stored weights run in bfloat16 (only on a CPU with bf16 instructions);
 * ``openvino-int8``: post-training quantization (NNCF) calibrated on a sample of the training
   split.
@@ -43,6 +43,7 @@ from contract.names import SERVE_ENDPOINT
 from contract.runtimes import (
     EQUIVALENCE_RULE,
     MEASURED_BATCH_SIZES,
+    OPENVINO_COMPILE_CONFIG,
     RUNTIMES_DIR,
     RuntimeArtifact,
     RuntimeReport,
@@ -52,11 +53,12 @@ from contract.runtimes import (
 
 logger = logging.getLogger("training")
 
-#: Layers int8 leaves in float: the preprocessing before the network (colour conversion,
-#: resize, the digit normalisation's ink thresholds, centre of mass and resample) is arithmetic
-#: on pixels, not learned weights; in 8 bits it moves the digit in its frame (top-1 agreement
-#: fell to 0.986 when the grey conversion or the normalisation was quantized with the network).
-FLOAT_ONLY_LAYERS = ("grayscale", "resize", "normalize_digits")
+#: Layers int8 leaves in float: the preprocessing before the network (the grey conversion, the
+#: digit normalisation's ink thresholds, centre of mass and resample) is arithmetic on pixels,
+#: not learned weights; in 8 bits it moves the digit in its frame (top-1 agreement fell to 0.986
+#: when the grey conversion or the normalisation was quantized with the network). The resize is
+#: an identity at the traced input size, so nothing of it is left to quantize.
+FLOAT_ONLY_LAYERS = ("grayscale", "normalize_digits")
 #: The IR file of every artifact (its weights are the .bin of the same name).
 IR_FILE = "model.xml"
 #: At most this many test images are compared (the whole split when smaller).
@@ -131,7 +133,7 @@ class _Runner:
 def _openvino_runner(name: str, xml: Path, settings: dict[str, str]) -> _Runner:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "LATENCY", **settings})
+    compiled = ov.Core().compile_model(str(xml), "CPU", {**OPENVINO_COMPILE_CONFIG, **settings})
     request = compiled.create_infer_request()
 
     def predict(images: np.ndarray) -> np.ndarray:
@@ -204,10 +206,19 @@ def compile_runtimes(
     expected = reference.probabilities(images)
     saved_accuracy = float(np.mean(expected.argmax(1) == labels))
 
-    root = version_dir / RUNTIMES_DIR
-    root.mkdir(exist_ok=True)
     with _quiet():
         ov_model = ov.convert_model(_concrete(model, (None, height, width, 3)))
+    # The service reads output 0 as the probabilities. (The converter also keeps a second,
+    # scalar output: the batch size digit_jitter's RandomTranslation reads even when it passes
+    # images through. With the jitter returning its input directly instead, OpenVINO ran the
+    # normalisation in bfloat16 under bf16: top-1 agreement 0.986.)
+    first = ov_model.outputs[0].get_partial_shape()
+    if str(first) != f"[?,{expected.shape[1]}]":
+        logger.warning("the converted model's first output is %s: no compiled runtime", first)
+        return None
+    root = version_dir / RUNTIMES_DIR
+    root.mkdir(exist_ok=True)
+    float_only = [layer.name for layer in model.layers if layer.name in FLOAT_ONLY_LAYERS]
     calibration_inputs = to_input_size(model, calibration[:CALIBRATION_IMAGES])
 
     plans: list[tuple[str, dict[str, str], list[str]]] = [
@@ -233,7 +244,7 @@ def compile_runtimes(
         try:
             if precision == "int8":
                 with _quiet():
-                    to_save = _quantize(ov_model, calibration_inputs)
+                    to_save = _quantize(ov_model, calibration_inputs, float_only)
             else:
                 to_save = ov_model
             # bf16 computes in 16 bits anyway: its weights are stored in fp16 (half the file).
@@ -304,17 +315,23 @@ def _quiet() -> Iterator[None]:
         logger.debug("converter output: %s", captured.getvalue().strip())
 
 
-def _quantize(ov_model: Any, calibration: np.ndarray) -> Any:
-    """int8 post-training quantization of ``ov_model`` on ``calibration`` (NNCF)."""
+def _quantize(ov_model: Any, calibration: np.ndarray, float_only: list[str]) -> Any:
+    """int8 post-training quantization of ``ov_model`` on ``calibration`` (NNCF), leaving the
+    operations of the Keras layers named in ``float_only`` in float."""
     import nncf
 
     samples = [calibration[i : i + 1] for i in range(len(calibration))]
-    # The converter names each operation after its Keras layer ("<model>/<layer>_1/<op>").
-    float_only = nncf.IgnoredScope(
-        patterns=[f".*/{layer}(_[0-9]+)?/.*" for layer in FLOAT_ONLY_LAYERS], validate=False
+    # The converter names each operation after its Keras layer ("<model>/<layer>_1/<op>");
+    # validate: NNCF fails if a pattern matches nothing (a renaming must not quietly put the
+    # preprocessing back into int8).
+    ignored = nncf.IgnoredScope(
+        patterns=[f".*/{layer}(_[0-9]+)?/.*" for layer in float_only], validate=True
     )
     return nncf.quantize(
-        ov_model, nncf.Dataset(samples), subset_size=len(samples), ignored_scope=float_only
+        ov_model,
+        nncf.Dataset(samples),
+        subset_size=len(samples),
+        ignored_scope=ignored if float_only else None,
     )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from contract.metadata import ModelMetadata
 from contract.runtimes import (
     AUTO,
+    OPENVINO_COMPILE_CONFIG,
     PREPROCESS_ENDPOINT,
     RUNTIMES_DIR,
     SAVEDMODEL,
@@ -83,14 +84,7 @@ class OpenVINONetwork:
     def __init__(self, folder: Path, artifact: RuntimeArtifact, threads: int) -> None:
         import openvino as ov
 
-        # No CPU pinning: OpenVINO otherwise pins its inference threads to the same first
-        # cores in every worker process, and two workers' model calls then share one core
-        # (measured on 2 CPUs: 440 against 1,100-1,160 int8 calls/s per worker).
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "ENABLE_CPU_PINNING": False,
-            **artifact.settings,
-        }
+        config: dict[str, Any] = {**OPENVINO_COMPILE_CONFIG, **artifact.settings}
         if threads > 0:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = ov.Core().compile_model(str(folder / artifact.entry), "CPU", config)

@@ -45,6 +45,23 @@ def test_publish_compiles_checks_and_records_every_artifact(trained_repo: Path) 
             artifact.top1_agreement, artifact.test_accuracy, report.savedmodel_test_accuracy
         )
         assert artifact.passed is (verdict == "") and artifact.reason == verdict
+    # Pixels in, probabilities out; int8 quantizes the network only: no FakeQuantize feeds an
+    # operation of the grey conversion or the digit normalisation.
+    import openvino as ov
+
+    for artifact in report.artifacts:
+        ir = ov.Core().read_model(str(version_dir / RUNTIMES_DIR / artifact.name / "model.xml"))
+        assert [str(i.get_partial_shape()) for i in ir.inputs] == ["[?,28,28,3]"]
+        assert str(ir.outputs[0].get_partial_shape()) == f"[?,{metadata.num_classes}]"
+        fed = [
+            target.get_node().get_friendly_name()
+            for op in ir.get_ordered_ops()
+            if op.get_type_name() == "FakeQuantize"
+            for output in op.outputs()
+            for target in output.get_target_inputs()
+        ]
+        assert bool(fed) is (artifact.precision == "int8")
+        assert not [name for name in fed if "/grayscale" in name or "/normalize_digits" in name]
     fp32 = report.artifacts[0]
     # The same network in the same precision: the same answers.
     assert fp32.passed and fp32.top1_agreement == 1.0 and fp32.max_abs_difference < 1e-4
