@@ -162,7 +162,9 @@ def _images_per_s(runners: list[_Runner], images: np.ndarray) -> dict[str, dict[
     }
 
 
-def _checksums(version_dir: Path, folder: Path) -> dict[str, str]:
+def artifact_checksums(version_dir: Path, folder: Path) -> dict[str, str]:
+    """sha256 of every file under an artifact's ``folder``, keyed by its path relative to
+    ``version_dir`` (what :class:`~contract.runtimes.RuntimeArtifact` ``files`` records)."""
     return {
         path.relative_to(version_dir).as_posix(): sha256_file(path)
         for path in sorted(folder.rglob("*"))
@@ -269,7 +271,7 @@ def compile_runtimes(
                 precision=precision,  # type: ignore[arg-type]
                 network_input="pixels",
                 entry=IR_FILE,
-                files=_checksums(version_dir, root / name),
+                files=artifact_checksums(version_dir, root / name),
                 converter=_versions(),
                 settings=settings,
                 cpu_flags=needs,

@@ -109,6 +109,7 @@ def publish_as_before(version_dir: Path, artifact: str) -> None:
     import tensorflow as tf
 
     from training.compile import rebuild_model
+    from training.runtimes import artifact_checksums
 
     metadata = read_metadata(version_dir)
     model = rebuild_model(version_dir, metadata)
@@ -130,11 +131,7 @@ def publish_as_before(version_dir: Path, artifact: str) -> None:
     found = metadata.runtimes.artifact(artifact)
     assert found is not None
     found.network_input = "preprocessed"
-    found.files = {
-        path.relative_to(version_dir).as_posix(): sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+    found.files = artifact_checksums(version_dir, folder)
     write_metadata(version_dir, metadata)
 
 
