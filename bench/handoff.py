@@ -51,6 +51,9 @@ import numpy as np
 
 from service.serving.batching import Batcher
 
+#: The service's default largest batch (images), for the batchers and the compiled shapes.
+MAX_BATCH_SIZE = 32
+
 ROOT = Path(__file__).resolve().parent.parent
 #: A frame on the socket: request id, payload bytes (little-endian uint32 each), then the payload.
 HEADER = struct.Struct("<II")
@@ -84,7 +87,9 @@ def load_predict(model: str | None, runtime: str, threads: int) -> tuple[Predict
     loaded = load_saved_model(path, metadata)
     if runtime == "savedmodel":
         return loaded.predict_savedmodel, "savedmodel"
-    choice = runtimes.choose(path, metadata, asked=runtime, threads=threads)
+    choice = runtimes.choose(
+        path, metadata, asked=runtime, threads=threads, max_batch_size=MAX_BATCH_SIZE
+    )
     if choice.network is None:
         return loaded.predict_savedmodel, f"savedmodel ({choice.fallback or runtime})"
     return choice.network.predict, choice.name
@@ -118,7 +123,7 @@ def make_batcher(predict: Predict) -> tuple[Batcher[np.ndarray, np.ndarray], Bat
     count = BatchCount()
     batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
         lambda images: list(predict(np.stack(images))),
-        max_batch_size=32,
+        max_batch_size=MAX_BATCH_SIZE,
         batch_timeout_s=0.0,
         max_queue_size=1024,
         observer=count,

@@ -339,7 +339,8 @@ def run_worker(threads: int, version_dirs: list[Path]) -> int:
     from contract.metadata import verify_version_dir
     from contract.runtimes import RUNTIMES_DIR, cpu_flags
     from service.serving.model_store import load_saved_model
-    from service.serving.runtimes import OpenVINONetwork
+    from service.serving.runtimes import OpenVINONetwork, static_batch_sizes
+    from service.settings import Settings
 
     flags = cpu_flags()
     predictors: dict[tuple[str, str], Any] = {}
@@ -355,7 +356,10 @@ def run_worker(threads: int, version_dirs: list[Path]) -> int:
                 skipped.append(f"{name}/{artifact.name}: needs {artifact.cpu_flags}")
                 continue
             folder = version_dir / RUNTIMES_DIR / artifact.name
-            predictors[(name, artifact.name)] = OpenVINONetwork(folder, artifact, threads).predict
+            # compiled as the service compiles it for its default batcher
+            batch_sizes = static_batch_sizes(metadata, Settings().max_batch_size)
+            network = OpenVINONetwork(folder, artifact, threads, batch_sizes)
+            predictors[(name, artifact.name)] = network.predict
     _worker_say({"ready": [list(key) for key in predictors], "skipped": skipped}, out)
     rng = np.random.default_rng(0)
     for line in sys.stdin:

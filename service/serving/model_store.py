@@ -355,7 +355,13 @@ class ModelStore:
                 f"but it sits under {self.model_dir.name!r}"
             )
         model = self._loader(path, metadata)
-        model.runtime = runtimes.choose(path, metadata, self.runtime, threads=self.runtime_threads)
+        model.runtime = runtimes.choose(
+            path,
+            metadata,
+            self.runtime,
+            threads=self.runtime_threads,
+            max_batch_size=self.max_batch_size,
+        )
         if model.runtime.network is not None:
             try:
                 warm_up(model, self.max_batch_size)

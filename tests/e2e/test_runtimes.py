@@ -9,7 +9,9 @@ version carries OpenVINO artifacts (fp32, bf16, int8) beside its SavedModel.
 * a reduced-precision artifact answers held-out digits end to end like the SavedModel;
 * a damaged artifact (changed bytes, or bytes a runtime cannot load) costs its speed, never
   the version: the SavedModel serves, and the log, ``/models`` and the metric say why;
-* pixel tensors not at the input size run on the SavedModel, which resizes them.
+* pixel tensors not at the input size run on the SavedModel, which resizes them;
+* a small network compiled per static batch size answers every batch size (padded, or in
+  chunks above the largest) as its dynamic compilation does.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from contract.runtimes import (
     cpu_flags,
     runnable_fastest_first,
 )
+from service.serving import runtimes
 from tests.helpers.images import gray_png
 from tests.helpers.models import auto_runtime
 from tests.helpers.servers import Server, metric_value, metrics_text
@@ -270,3 +273,25 @@ def test_a_runtime_nobody_published_is_a_named_fallback(
         row = runtime_row(http)
     assert row["name"] == SAVEDMODEL and row["fallback"] == "not_found"
     assert row["asked"] == "onnxruntime" and "openvino-fp32" in row["detail"]
+
+
+def test_static_batch_shapes_answer_every_batch_size_like_a_dynamic_one(trained_repo: Path) -> None:
+    version_dir = trained_repo / "digits" / "1"
+    metadata = read_metadata(version_dir)
+    asked = "openvino-fp32"
+    static = runtimes.choose(version_dir, metadata, asked, threads=1, max_batch_size=8)
+    dynamic = runtimes.choose(version_dir, metadata, asked, threads=1)
+    assert (static.name, dynamic.name) == (asked, asked), (static, dynamic)
+    assert isinstance(static.network, runtimes.OpenVINONetwork)
+    assert isinstance(dynamic.network, runtimes.OpenVINONetwork)
+    # digits is small: one compilation per size up to the batcher's largest batch
+    assert static.network.batch_sizes == (1, 2, 3, 4, 6, 8)
+    assert dynamic.network.batch_sizes == ()
+    gray, labels = held_out(19)
+    pixels = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    # a size compiled, sizes padded up to the next, and a batch above the largest (in chunks)
+    for count in (1, 4, 5, 7, 8, 19):
+        got = static.network.predict(pixels[:count])
+        assert got.shape == (count, 10)
+        np.testing.assert_allclose(got, dynamic.network.predict(pixels[:count]), atol=1e-5)
+    assert (static.network.predict(pixels).argmax(1) == labels).mean() >= 0.9

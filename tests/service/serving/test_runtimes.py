@@ -147,3 +147,18 @@ def test_auto_tries_the_fastest_first_then_the_next(tmp_path: Path) -> None:
     )
     assert (choice.name, choice.fallback) == (SAVEDMODEL, "checksum")
     assert choice.detail.startswith("openvino-fp32: runtimes/openvino-fp32 is missing")
+
+
+def test_small_networks_compile_static_batch_sizes_up_to_the_largest_batch() -> None:
+    small = metadata()
+    assert runtimes.static_batch_sizes(small, 32) == (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    assert runtimes.static_batch_sizes(small, 10) == (1, 2, 3, 4, 6, 8, 10)
+    assert runtimes.static_batch_sizes(small, 1) == (1,)
+    assert runtimes.static_batch_sizes(small, 0) == ()  # no batcher named: dynamic
+    sizes = runtimes.static_batch_sizes(small, 1024)
+    # a batch runs on the smallest size that holds it: padding is under a third of the call
+    for count in range(1, 1025):
+        size = min(s for s in sizes if s >= count)
+        assert (size - count) / size < 1 / 3, (count, size)
+    large = small.model_copy(update={"parameter_count": runtimes.STATIC_SHAPES_MAX_PARAMETERS + 1})
+    assert runtimes.static_batch_sizes(large, 32) == ()
