@@ -77,14 +77,14 @@ SAVEDMODEL_CHOICE = RuntimeChoice(SAVEDMODEL)
 
 #: Batch sizes a small network is compiled for with a static shape, up to the batcher's
 #: largest: a batch runs on the smallest that holds it, padded with blank images, so padding is
-#: at most a third of a call. Each step is at most 1.5x the one before.
+#: under a third of a call. Each step is at most 1.5x the one before.
 _STATIC_BATCH_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
 
 #: Networks up to this many parameters get one compiled copy per static batch size. On a dynamic
 #: batch dimension OpenVINO's CPU plugin re-plans the graph whenever the batch size changes, as it
 #: does from one batch to the next under load: digits (0.4 M parameters, int8, one thread) cost
 #: 1,036 µs per call at a steady batch of 8 and 1,555 µs at sizes 5..11, against 875 µs with
-#: static shapes; photos' calls (4.7 M) were 15-18% cheaper static, vgg16-48's (33.6 M) no
+#: static shapes; photos' calls (4.7 M) were 16-24% cheaper static, vgg16-48's (33.6 M) no
 #: cheaper. Each copy holds its own activation buffers (ten copies: +144 MB for digits, +397 MB
 #: for vgg16-48), so the large networks, where it does not pay, keep one dynamic copy.
 STATIC_SHAPES_MAX_PARAMETERS = 10_000_000
