@@ -155,9 +155,12 @@ def test_small_networks_compile_static_batch_sizes_up_to_the_largest_batch() -> 
     assert runtimes.static_batch_sizes(small, 10) == (1, 2, 3, 4, 6, 8, 10)
     assert runtimes.static_batch_sizes(small, 1) == (1,)
     assert runtimes.static_batch_sizes(small, 0) == ()  # no batcher named: dynamic
+    # larger batches run in chunks of the cap: the copies' memory stays bounded
     sizes = runtimes.static_batch_sizes(small, 1024)
+    assert sizes == runtimes.static_batch_sizes(small, 32)
+    assert sizes[-1] == runtimes.STATIC_BATCH_SIZE_CAP
     # a batch runs on the smallest size that holds it: padding is under a third of the call
-    for count in range(1, 1025):
+    for count in range(1, sizes[-1] + 1):
         size = min(s for s in sizes if s >= count)
         assert (size - count) / size < 1 / 3, (count, size)
     large = small.model_copy(update={"parameter_count": runtimes.STATIC_SHAPES_MAX_PARAMETERS + 1})
