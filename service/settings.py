@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         "the equivalence rule and takes pixels, else the SavedModel), savedmodel, an artifact "
         "(openvino-int8) or a runtime (openvino); serving.yaml's runtime overrides it per model",
     )
+    static_batch_shapes: bool = Field(
+        default=True,
+        description="compile a small network's OpenVINO artifact once per batch size up to 32 "
+        "(faster calls when batch sizes vary; more memory); false: one compilation for any size",
+    )
     tf_inter_op_threads: int = Field(default=0, ge=0, description="0: TensorFlow decides")
     gil_switch_interval_s: float = Field(
         default=0.001,

@@ -117,13 +117,17 @@ def load_saved_model(path: Path, metadata: ModelMetadata) -> LoadedModel:
 
 def warm_up(model: LoadedModel, max_batch_size: int, budget_s: float = WARMUP_BUDGET_S) -> int:
     """Run the model once per batch size it will see, so the first requests don't pay for
-    kernel selection and memory planning. Checks the output shape on the way. Returns calls."""
+    kernel selection and memory planning. Checks the output shape and that it is finite on the
+    way. Past ``budget_s`` seconds only the powers of two, the largest size and a compiled
+    network's static batch sizes still run. Returns calls."""
     height, width = model.input_size
     started = time.monotonic()
-    powers = {1 << i for i in range(max_batch_size.bit_length())} | {max_batch_size}
+    always = {1 << i for i in range(max_batch_size.bit_length())} | {max_batch_size}
+    if model.runtime.network is not None:
+        always |= set(model.runtime.network.batch_sizes)
     calls = 0
     for size in range(1, max_batch_size + 1):
-        if time.monotonic() - started > budget_s and size not in powers:
+        if time.monotonic() - started > budget_s and size not in always:
             continue
         out = model.predict(np.zeros((size, height, width, 3), dtype=np.float32))
         calls += 1
@@ -132,6 +136,8 @@ def warm_up(model: LoadedModel, max_batch_size: int, budget_s: float = WARMUP_BU
                 f"serve returned shape {out.shape} for a batch of {size}; expected "
                 f"({size}, {model.metadata.num_classes}) from metadata.json"
             )
+        if not np.all(np.isfinite(out)):
+            raise InvalidModelVersionError(f"serve answered non-finite values for {size} images")
     return calls
 
 
@@ -165,12 +171,16 @@ class ModelStore:
         policy: VersionPolicy | None = None,
         runtime: str = AUTO,
         runtime_threads: int = 0,
+        static_batch_shapes: bool = False,
     ) -> None:
         self.model_dir = model_dir
         #: What new versions should run on (IMGCLS_RUNTIME or serving.yaml's ``runtime``).
         self.runtime = runtime
         #: The compiled runtime's threads (0: its default); the worker's model threads.
         self.runtime_threads = runtime_threads
+        #: Whether small compiled networks get one static copy per batch size
+        #: (IMGCLS_STATIC_BATCH_SHAPES; see ``runtimes.static_batch_sizes``).
+        self.static_batch_shapes = static_batch_shapes
         self.repository_root = repository_root
         self.max_batch_size = max_batch_size
         self.policy: VersionPolicy = policy if policy is not None else LatestPolicy()
@@ -360,7 +370,7 @@ class ModelStore:
             metadata,
             self.runtime,
             threads=self.runtime_threads,
-            max_batch_size=self.max_batch_size,
+            max_batch_size=self.max_batch_size if self.static_batch_shapes else 0,
         )
         if model.runtime.network is not None:
             try:

@@ -266,6 +266,7 @@ class ModelRepository:
                 policy=model_config.version_policy,
                 runtime=model_config.runtime or self.settings.runtime,
                 runtime_threads=self.settings.tf_intra_op_threads,
+                static_batch_shapes=self.settings.static_batch_shapes,
             )
             store.keep = frozenset(t.version for t in model_config.labels.values())
             batcher = await self._start_batcher(name, limits)

@@ -13,11 +13,15 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 
+from contract.metadata import InvalidModelVersionError
+from service.serving import runtimes
 from service.serving.config import LatestPolicy, SpecificPolicy
-from service.serving.model_store import ModelStore
-from tests.helpers.models import FakeLoader, publish_fake
+from service.serving.model_store import LoadedModel, ModelStore, warm_up
+from service.serving.runtimes import SAVEDMODEL_CHOICE, RuntimeChoice
+from tests.helpers.models import FakeLoader, loaded_model, publish_fake
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -186,3 +190,64 @@ def test_heap_stays_unfrozen_while_the_old_model_is_in_use(tmp_path: Path, unfro
     del old
     asyncio.run(store.poll_once())
     assert gc.get_freeze_count() > 0
+
+
+# --- warm-up ----------------------------------------------------------------------------------
+
+
+class RecordingNetwork:
+    """A compiled network stand-in: uniform answers (or NaN), and the batch sizes it saw."""
+
+    def __init__(self, batch_sizes: tuple[int, ...], classes: int, *, finite: bool = True):
+        self.batch_sizes = batch_sizes
+        self.classes = classes
+        self.finite = finite
+        self.sizes: list[int] = []
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(images))
+        value = 1.0 / self.classes if self.finite else float("nan")
+        return np.full((len(images), self.classes), value, dtype=np.float32)
+
+
+def served_on(network: RecordingNetwork) -> LoadedModel:
+    model = loaded_model()
+    model.runtime = RuntimeChoice("openvino-int8", network)
+    return model
+
+
+def test_warm_up_runs_every_static_batch_size_even_past_its_time_budget() -> None:
+    network = RecordingNetwork((1, 2, 3, 4, 6, 8, 12), classes=4)
+    calls = warm_up(served_on(network), max_batch_size=12, budget_s=-1.0)  # always past it
+    # past the budget: powers of two, the largest batch and the compiled sizes, nothing else
+    assert sorted(network.sizes) == [1, 2, 3, 4, 6, 8, 12]
+    assert calls == 7
+
+
+def test_warm_up_refuses_a_network_that_answers_non_finite_values() -> None:
+    network = RecordingNetwork((), classes=4, finite=False)
+    with pytest.raises(InvalidModelVersionError, match="non-finite"):
+        warm_up(served_on(network), max_batch_size=4)
+
+
+def test_the_store_asks_for_static_batch_shapes_only_when_the_setting_allows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish_fake(tmp_path)
+    asked: list[int] = []
+
+    def choose(*args: Any, max_batch_size: int = 0, **kwargs: Any) -> RuntimeChoice:
+        asked.append(max_batch_size)
+        return SAVEDMODEL_CHOICE
+
+    monkeypatch.setattr(runtimes, "choose", choose)
+    for static in (True, False):
+        store = ModelStore(
+            tmp_path / "digits",
+            repository_root=tmp_path,
+            max_batch_size=16,
+            loader=FakeLoader(),
+            static_batch_shapes=static,
+        )
+        assert run(store.poll_once()) is not None
+    assert asked == [16, 0]  # 0: one dynamic compilation

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contract.metadata import InputSpec, ModelMetadata
@@ -165,3 +166,24 @@ def test_small_networks_compile_static_batch_sizes_up_to_the_largest_batch() -> 
         assert (size - count) / size < 1 / 3, (count, size)
     large = small.model_copy(update={"parameter_count": runtimes.STATIC_SHAPES_MAX_PARAMETERS + 1})
     assert runtimes.static_batch_sizes(large, 32) == ()
+
+
+class _Uniform:
+    """A compiled network stand-in answering uniform probabilities, except at one batch size."""
+
+    batch_sizes: tuple[int, ...] = ()
+
+    def __init__(self, broken_size: int = 0) -> None:
+        self.broken_size = broken_size
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        out = np.full((len(images), 2), 0.5, dtype=np.float32)
+        if len(images) == self.broken_size:
+            out[:, 0], out[:, 1] = 0.9, 0.1  # another compilation answering wrong
+        return out
+
+
+def test_a_network_answering_another_batch_size_differently_cannot_serve() -> None:
+    assert runtimes.answers_problem(_Uniform(), metadata()) == ""
+    problem = runtimes.answers_problem(_Uniform(broken_size=5), metadata())
+    assert "differently in a batch of 5" in problem
