@@ -38,8 +38,8 @@ from contract.runtimes import (
 )
 from tests.helpers.images import gray_png
 from tests.helpers.models import auto_runtime
+from tests.helpers.protocol_digits import held_out, rgb_pixels
 from tests.helpers.servers import Server, metric_value, metrics_text
-from training.data import load_digits_data
 
 pytestmark = pytest.mark.e2e
 
@@ -52,12 +52,6 @@ def runtime_row(http: httpx.Client, version: int = 1) -> dict[str, Any]:
     row = next(r for r in rows if r["version"] == version)
     assert row["state"] == "serving", row
     return dict(row["runtime"])
-
-
-def held_out(count: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    """Test-split digits (gray (N, 28, 28) uint8) and their labels."""
-    test = load_digits_data(0.1).test
-    return test.images[:count, ..., 0], test.labels[:count]
 
 
 def v2_probabilities(http: httpx.Client, pixels: np.ndarray) -> np.ndarray:
@@ -146,7 +140,7 @@ def test_an_artifact_published_before_runs_through_its_tensorflow_preprocess(
     before = server_factory(repo_copy, runtime="openvino-fp32")
     reference = server_factory(repo_copy, runtime=SAVEDMODEL)
     gray, labels = held_out(32)
-    pixels = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    pixels = rgb_pixels(gray)
     with before.client() as compiled, reference.client() as exact:
         assert runtime_row(compiled) == {"name": "openvino-fp32", "asked": "openvino-fp32"}
         got = v2_probabilities(compiled, pixels)
@@ -170,7 +164,7 @@ def test_a_reduced_precision_artifact_answers_like_the_savedmodel(
     compiled = server_factory(trained_repo, runtime=reduced.name)
     reference = server_factory(trained_repo, runtime=SAVEDMODEL)
     gray, labels = held_out()
-    pixels = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    pixels = rgb_pixels(gray)
     with compiled.client() as fast, reference.client() as exact:
         assert runtime_row(fast) == {"name": reduced.name, "asked": reduced.name}
         assert runtime_row(exact) == {"name": SAVEDMODEL, "asked": SAVEDMODEL}

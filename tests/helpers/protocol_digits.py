@@ -39,13 +39,24 @@ def two_version_repo(trained_repo: Path, target: Path) -> Path:
     return target
 
 
+def held_out(count: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` test-split digits (gray (N, 28, 28) uint8) and their labels."""
+    test = load_digits_data(0.1).test
+    return test.images[:count, ..., 0], test.labels[:count]
+
+
+def rgb_pixels(gray: np.ndarray) -> np.ndarray:
+    """Gray (N, H, W) uint8 -> the model's input, (N, H, W, 3) float32 pixels 0..255."""
+    return np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+
+
 class Digits:
     """Held-out digits: grey pixels, RGB float pixels, PNG files, and what /predict says."""
 
     def __init__(self, gray: np.ndarray, labels: np.ndarray) -> None:
         self.gray = gray  # (N, 28, 28) uint8
         self.labels = labels
-        self.rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)  # (N, 28, 28, 3)
+        self.rgb = rgb_pixels(gray)  # (N, 28, 28, 3)
         self.pngs = [gray_png(image) for image in gray]
         self.b64 = [base64.b64encode(data).decode() for data in self.pngs]
         self.class_names: list[str] = []

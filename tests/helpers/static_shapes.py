@@ -20,7 +20,7 @@ import numpy as np
 from contract.metadata import read_metadata
 from contract.runtimes import cpu_flags, runnable_fastest_first
 from service.serving import runtimes
-from training.data import load_digits_data
+from tests.helpers.protocol_digits import held_out, rgb_pixels
 
 
 def compare(version_dir: Path, max_batch_size: int, counts: list[int]) -> dict[str, Any]:
@@ -29,10 +29,8 @@ def compare(version_dir: Path, max_batch_size: int, counts: list[int]) -> dict[s
     metadata = read_metadata(version_dir)
     assert metadata.runtimes is not None
     passed = [a for a in metadata.runtimes.artifacts if a.passed]
-    test = load_digits_data(0.1).test
-    gray = test.images[: max(counts), ..., :1]  # as tests/e2e/test_runtimes.py's held_out
-    pixels = np.repeat(gray, 3, axis=-1).astype(np.float32)
-    labels = test.labels[: max(counts)]
+    gray, labels = held_out(max(counts))
+    pixels = rgb_pixels(gray)
     found: dict[str, Any] = {}
     for artifact in runnable_fastest_first(passed, cpu_flags()):
         static = runtimes.choose(
