@@ -165,6 +165,10 @@ def build_images(engine: Engine) -> float:
         str(ROOT),
         timeout=1800,
     )
+    # The runtime stage copies the whole venv (~3 GB), so each code change leaves the previous
+    # image behind untagged: without this the engine's data root grew by 3 GB per run and filled
+    # the disk.
+    engine.run("image", "prune", "--force")
     return time.monotonic() - started
 
 
