@@ -50,9 +50,7 @@ from typing import Any, cast
 import numpy as np
 
 from service.serving.batching import Batcher
-
-#: The service's default largest batch (images), for the batchers and the compiled shapes.
-MAX_BATCH_SIZE = 32
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A frame on the socket: request id, payload bytes (little-endian uint32 each), then the payload.
@@ -88,7 +86,7 @@ def load_predict(model: str | None, runtime: str, threads: int) -> tuple[Predict
     if runtime == "savedmodel":
         return loaded.predict_savedmodel, "savedmodel"
     choice = runtimes.choose(
-        path, metadata, asked=runtime, threads=threads, max_batch_size=MAX_BATCH_SIZE
+        path, metadata, asked=runtime, threads=threads, max_batch_size=Settings().max_batch_size
     )
     if choice.network is None:
         return loaded.predict_savedmodel, f"savedmodel ({choice.fallback or runtime})"
@@ -118,16 +116,18 @@ class BatchCount:
 
 
 def make_batcher(predict: Predict) -> tuple[Batcher[np.ndarray, np.ndarray], BatchCount]:
-    """The service's Batcher with the service's defaults (max batch 32, no timeout, fill wait
-    0.1), and what counts its batches."""
+    """The service's Batcher with the service's batching settings (``IMGCLS_MAX_BATCH_SIZE``,
+    ``IMGCLS_BATCH_TIMEOUT_S``, ``IMGCLS_BATCH_FILL_WAIT_RATIO``: their defaults unless set),
+    and what counts its batches."""
+    settings = Settings()
     count = BatchCount()
     batcher: Batcher[np.ndarray, np.ndarray] = Batcher(
         lambda images: list(predict(np.stack(images))),
-        max_batch_size=MAX_BATCH_SIZE,
-        batch_timeout_s=0.0,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_s=settings.batch_timeout_s,
         max_queue_size=1024,
         observer=count,
-        fill_wait_ratio=0.1,
+        fill_wait_ratio=settings.batch_fill_wait_ratio,
     )
     return batcher, count
 
@@ -344,8 +344,6 @@ async def model_process(args: argparse.Namespace) -> dict[str, Any]:
 
 def role_main(args: argparse.Namespace) -> int:
     import uvloop
-
-    from service.settings import Settings
 
     # as the service's workers do (IMGCLS_GIL_SWITCH_INTERVAL_S): the busy loop hands the GIL
     # to the model thread after this long, not Python's default 5 ms
